@@ -1,0 +1,45 @@
+"""Training and evaluation data: the ShapesWorld procedural world and bundled photos."""
+from .photos import (
+    HELDOUT_PHOTOS,
+    PHOTO_NAMES,
+    heldout_photo_crops,
+    load_photos,
+    random_photo_crops,
+)
+from .shapesworld import (
+    BACKGROUNDS,
+    COLORS,
+    IMAGE_SIZE,
+    NUMBER_WORDS,
+    QA,
+    QTYPES,
+    RELATIONS,
+    SHAPES,
+    SIZES,
+    TAGS,
+    TINTS,
+    Detection,
+    Scene,
+    SceneObject,
+    captions,
+    detect_objects,
+    evaluate_prompt,
+    object_relations,
+    qa_pairs,
+    relations,
+    render,
+    sample_prompt,
+    sample_scene,
+    scene_for_prompt,
+    scene_satisfies,
+    text_corpus,
+)
+
+__all__ = [
+    "BACKGROUNDS", "COLORS", "IMAGE_SIZE", "NUMBER_WORDS", "QA", "QTYPES", "RELATIONS",
+    "SHAPES", "SIZES", "TAGS", "TINTS", "Detection", "Scene", "SceneObject", "captions",
+    "detect_objects", "evaluate_prompt", "object_relations", "qa_pairs", "relations",
+    "render", "sample_prompt", "sample_scene", "scene_for_prompt", "scene_satisfies",
+    "text_corpus", "HELDOUT_PHOTOS", "PHOTO_NAMES", "heldout_photo_crops", "load_photos",
+    "random_photo_crops",
+]

@@ -1,0 +1,259 @@
+"""Evaluation suites of a HydraPipeline: reconstruction, GenEval-style generation and VQA.
+
+* recon    mean PSNR (inf skipped) and SSIM of reconstructions of held-out ShapesWorld scenes,
+           held-out photo crops and, optionally, every image file of a folder.
+* geneval  one image per GenEval prompt (drawn round-robin over the six tags, or read from a
+           GenEval metadata .jsonl), judged by the pixel-only ShapesWorld oracle; accuracy per tag,
+           `overall` = mean over the tags present (as GenEval averages).
+* vqa      one-word questions about held-out scenes, answered greedily; accuracy per question type
+           and over all questions.
+
+Result (also the CLI's JSON): {"checkpoint", "seed", "limit", "steps",
+  "recon": {"shapesworld" | "photos" | "images": {"psnr", "ssim", "n"[, "skipped"]}},
+  "geneval": {<tag>: acc for the tags present, "overall", "n"}, "geneval_samples": [{prompt, tag, correct, reason}],
+  "vqa": {<qtype>: acc for the types present, "overall", "n"},
+  "vqa_samples": [{question, answer, qtype, reply, correct}],
+  "seconds": {<suite>: s}}; a suite not run is absent; a mean over nothing is None.
+
+Held-out data is drawn from `np.random.default_rng([seed, EVAL_STREAM, suite])`, a key no training
+pool (`default_rng(seed)`) or training step (`default_rng([seed, step])`) uses.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from collections import defaultdict
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, Iterable
+
+import numpy as np
+from PIL import Image
+
+from ..data import shapesworld as sw
+from ..data.photos import heldout_photo_crops
+from .metrics import psnr, ssim
+
+if TYPE_CHECKING:
+    from ..pipeline import HydraPipeline
+
+SUITES = ("recon", "geneval", "vqa")
+DEFAULT_LIMIT = 60
+EVAL_STREAM = 1_000_003  # second entry of every evaluation seed key
+_STREAMS = {"recon": 1, "geneval": 2, "vqa": 3}  # third entry (non-zero: SeedSequence ignores trailing zeros)
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
+VQA_MAX_NEW_TOKENS = 6
+RECON_BATCH = 16
+
+
+def eval_rng(seed: int, suite: str) -> np.random.Generator:
+    return np.random.default_rng([int(seed), EVAL_STREAM, _STREAMS[suite]])
+
+
+def _mean(values: Iterable[float]) -> float | None:
+    values = list(values)
+    return float(np.mean(values)) if values else None
+
+
+def accuracy_by(keys: list[str], correct: list[bool], order: Iterable[str] = ()) -> dict[str, float]:
+    """Accuracy per key, keys in `order` first, then any others sorted."""
+    groups: dict[str, list[bool]] = defaultdict(list)
+    for key, ok in zip(keys, correct):
+        groups[key].append(bool(ok))
+    order = list(order)
+    ordered = [k for k in order if k in groups] + sorted(k for k in groups if k not in order)
+    return {k: _mean(groups[k]) for k in ordered}
+
+
+# ---------------------------------------------------------------------- recon
+def _image_files(directory: str | Path) -> list[Path]:
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise FileNotFoundError(f"--images {directory} is not a folder")
+    return sorted(p for p in directory.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+
+
+def recon_scores(pipe: "HydraPipeline", images: Iterable, steps: int | None, seed: int) -> dict[str, Any]:
+    """Mean PSNR (inf skipped; None if none finite) and SSIM; unreadable files are listed in `skipped`.
+
+    Image i is reconstructed exactly as `pipe.reconstruct(image, steps, seed + i)` (centre-cropped and
+    resized to the model's size), but in batches, which is many times faster."""
+    from ..pipeline import center_crop_resize, to_pil
+
+    originals, seeds, skipped = [], [], []
+    for i, image in enumerate(images):
+        try:
+            originals.append(center_crop_resize(to_pil(image), pipe.image_size))
+            seeds.append(seed + i)
+        except ValueError:  # an unreadable or too small image file
+            skipped.append(Path(image).name if isinstance(image, (str, Path)) else str(i))
+    psnrs, ssims = [], []
+    for start in range(0, len(originals), RECON_BATCH):
+        batch = originals[start:start + RECON_BATCH]
+        reconstructions = pipe.decode(pipe.encode(batch), steps=steps, seeds=seeds[start:start + RECON_BATCH])
+        for original, reconstruction in zip(batch, reconstructions):
+            a, b = np.asarray(original), np.asarray(reconstruction)
+            psnrs.append(psnr(a, b))
+            ssims.append(ssim(a, b))
+    result = {"psnr": _mean(p for p in psnrs if np.isfinite(p)), "ssim": _mean(ssims), "n": len(ssims)}
+    if skipped:
+        result["skipped"] = skipped
+    return result
+
+
+def heldout_scene(rng: np.random.Generator, size: int) -> tuple[sw.Scene, np.ndarray]:
+    scene = sw.sample_scene(rng)
+    return scene, sw.render(scene, size=size)
+
+
+def run_recon(pipe: "HydraPipeline", limit: int, seed: int, steps: int | None = None,
+              images_dir: str | Path | None = None) -> dict[str, Any]:
+    size, rng = pipe.image_size, eval_rng(seed, "recon")
+    sources = {
+        "shapesworld": [heldout_scene(rng, size)[1] for _ in range(limit)],
+        "photos": list(heldout_photo_crops(limit, size=size, seed=seed)) if limit else [],
+    }
+    if images_dir is not None:
+        sources["images"] = _image_files(images_dir)
+    return {name: recon_scores(pipe, images, steps, seed) for name, images in sources.items()}
+
+
+# ---------------------------------------------------------------------- geneval
+def sample_prompts(limit: int, seed: int) -> list[dict[str, Any]]:
+    rng = eval_rng(seed, "geneval")
+    return [sw.sample_prompt(rng, sw.TAGS[i % len(sw.TAGS)]) for i in range(limit)]
+
+
+def read_prompts(path: str | Path, limit: int | None = None) -> list[dict[str, Any]]:
+    """GenEval metadata lines ({"tag", "prompt", "include", ...}); blank lines skipped; the first `limit`."""
+    metas = []
+    for number, line in enumerate(Path(path).read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            meta = json.loads(line)
+        except json.JSONDecodeError as error:
+            raise ValueError(f"{path}:{number} is not JSON ({error})") from error
+        if not isinstance(meta, dict) or not isinstance(meta.get("prompt"), str) or "include" not in meta:
+            raise ValueError(f"{path}:{number} needs a string 'prompt' and an 'include' list")
+        metas.append({"tag": "custom", **meta})
+    return metas if limit is None else metas[:limit]
+
+
+def score_geneval(images: Iterable, metas: list[dict[str, Any]]) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """Judge images against their prompts with the oracle: (summary, per-prompt samples)."""
+    samples = []
+    for image, meta in zip(images, metas):
+        correct, reason = sw.evaluate_prompt(np.asarray(image), meta)
+        samples.append({"prompt": meta["prompt"], "tag": meta.get("tag", "custom"), "correct": bool(correct),
+                        "reason": reason})
+    per_tag = accuracy_by([s["tag"] for s in samples], [s["correct"] for s in samples], sw.TAGS)
+    return {**per_tag, "overall": _mean(per_tag.values()), "n": len(samples)}, samples
+
+
+def run_geneval(pipe: "HydraPipeline", limit: int, seed: int, steps: int | None = None,
+                prompts_file: str | Path | None = None) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    metas = read_prompts(prompts_file, limit) if prompts_file else sample_prompts(limit, seed)
+    images = (pipe.generate(m["prompt"], num_images=1, steps=steps, decoder_steps=steps, seed=seed + i).images[0]
+              for i, m in enumerate(metas))
+    return score_geneval(images, metas)
+
+
+# ---------------------------------------------------------------------- vqa
+def normalize_answer(reply: str) -> str:
+    """Lowercase, strip punctuation and whitespace, keep the first word; digits become number words."""
+    words = re.findall(r"[a-z0-9]+", reply.lower())
+    word = words[0] if words else ""
+    return sw.NUMBER_WORDS[int(word)] if word.isdigit() and int(word) < len(sw.NUMBER_WORDS) else word
+
+
+def vqa_items(limit: int, seed: int, size: int) -> list[tuple[Image.Image, sw.QA]]:
+    """Up to one question per type per fresh scene, interleaved over the types, `limit` in all."""
+    rng = eval_rng(seed, "vqa")
+    quota = -(-limit // len(sw.QTYPES))
+    buckets: dict[str, list] = {q: [] for q in sw.QTYPES}
+    for _ in range(20 * quota + 20):  # relation questions need >= 2 objects; others almost always exist
+        if min(len(b) for b in buckets.values()) >= quota:
+            break
+        scene, image = heldout_scene(rng, size)
+        by_type: dict[str, list[sw.QA]] = defaultdict(list)
+        for qa in sw.qa_pairs(scene, rng):
+            by_type[qa.qtype].append(qa)
+        for qtype, qas in by_type.items():
+            if len(buckets[qtype]) < quota:
+                buckets[qtype].append((Image.fromarray(image), qas[int(rng.integers(len(qas)))]))
+    items = [b[i] for i in range(quota) for b in buckets.values() if i < len(b)]
+    return items[:limit]
+
+
+def ask(pipe: "HydraPipeline", image: Image.Image, question: str) -> str:
+    messages = [{"role": "user", "content": [{"type": "image", "image": image}, {"type": "text", "text": question}]}]
+    return pipe.chat_text(messages, max_new_tokens=VQA_MAX_NEW_TOKENS, temperature=0.0)
+
+
+def run_vqa(pipe: "HydraPipeline", limit: int, seed: int) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    samples = []
+    for image, qa in vqa_items(limit, seed, pipe.image_size):
+        reply = ask(pipe, image, qa.question)
+        samples.append({"question": qa.question, "answer": qa.answer, "qtype": qa.qtype, "reply": reply,
+                        "correct": normalize_answer(reply) == qa.answer})
+    correct = [s["correct"] for s in samples]
+    per_type = accuracy_by([s["qtype"] for s in samples], correct, sw.QTYPES)
+    return {**per_type, "overall": _mean(correct), "n": len(samples)}, samples
+
+
+# ---------------------------------------------------------------------- all
+def evaluate(pipe: "HydraPipeline", suites: Iterable[str] = SUITES, limit: int = DEFAULT_LIMIT, seed: int = 0,
+             images_dir: str | Path | None = None, prompts_file: str | Path | None = None,
+             steps: int | None = None, log: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """Run the suites; returns the JSON-ready results dict (see the module docstring).
+
+    `steps` sets the sampling steps of every flow (generation and pixel decoder); None = model defaults."""
+    suites = list(dict.fromkeys(suites))
+    unknown = [s for s in suites if s not in SUITES]
+    if unknown:
+        raise ValueError(f"unknown suites {unknown}; choose from {SUITES}")
+    if limit < 0:
+        raise ValueError(f"limit must be >= 0, got {limit}")
+    runners = {
+        "recon": lambda: run_recon(pipe, limit, seed, steps, images_dir),
+        "geneval": lambda: run_geneval(pipe, limit, seed, steps, prompts_file),
+        "vqa": lambda: run_vqa(pipe, limit, seed),
+    }
+    results: dict[str, Any] = {"checkpoint": pipe.name, "seed": seed, "limit": limit, "steps": steps}
+    seconds = {}
+    for suite in suites:
+        if log is not None:
+            log(f"running {suite} ...")
+        start = time.perf_counter()
+        out = runners[suite]()
+        seconds[suite] = round(time.perf_counter() - start, 3)
+        if isinstance(out, tuple):
+            results[suite], results[f"{suite}_samples"] = out
+        else:
+            results[suite] = out
+    results["seconds"] = seconds
+    return results
+
+
+def _fmt(value: Any) -> str:
+    return "-" if value is None else f"{value:.3f}" if isinstance(value, float) else str(value)
+
+
+def format_table(results: dict[str, Any]) -> str:
+    """A short plain-text table of the headline numbers."""
+    rows = [("suite", "metric", "value", "n")]
+    for name, scores in results.get("recon", {}).items():
+        rows.append(("recon", f"{name} psnr", _fmt(scores["psnr"]), str(scores["n"])))
+        rows.append(("recon", f"{name} ssim", _fmt(scores["ssim"]), ""))
+    for suite in ("geneval", "vqa"):
+        for key, value in results.get(suite, {}).items():
+            if key != "n":
+                rows.append((suite, key, _fmt(value), str(results[suite]["n"]) if key == "overall" else ""))
+    widths = [max(len(row[i]) for row in rows) for i in range(4)]
+    lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    seconds = ", ".join(f"{k} {v:.1f}s" for k, v in results.get("seconds", {}).items())
+    header = f"checkpoint {results.get('checkpoint')}  seed {results.get('seed')}  limit {results.get('limit')}"
+    return "\n".join([header, *lines, f"time: {seconds}"])

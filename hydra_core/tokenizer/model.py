@@ -1,0 +1,176 @@
+"""HYDRA-TOK: Gen-ViT -> GSB -> Sem-ViT, plus the pixel flow decoder.
+
+Shapes: B batch, N = (image_size / patch_size)^2 patch tokens, D ViT width, C latent channels.
+Pixels are [B, 3, H, W] in [-1, 1].
+
+The ViT is transformers' InternVL vision model cut after `gen_layers` blocks. Gen-ViT runs the
+embeddings (with the CLS token, as InternViT does) and the first blocks; the GSB works on the N
+patch tokens only, and Sem-ViT runs the remaining blocks on the un-projected patch tokens.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+from transformers import InternVLVisionModel
+from transformers.models.internvl.modeling_internvl import InternVLVisionEmbeddings, InternVLVisionLayer
+
+from ..config import HydraTokConfig
+from ..sampling import sample_logit_normal
+from .gsb import GenerationSemanticBottleneck, GSBOutput, cosine_loss
+from .pixel_decoder import PixelFlowDecoder
+
+
+@dataclass
+class HydraTokEncoding:
+    gsb: GSBOutput
+    gen_hidden: list[torch.Tensor]  # outputs of each Gen-ViT block, patch tokens [B, N, D]
+    sem_hidden: list[torch.Tensor]  # outputs of each Sem-ViT block, [B, N, D]
+
+    @property
+    def semantic(self) -> torch.Tensor:
+        return self.sem_hidden[-1] if self.sem_hidden else self.gsb.h_bn
+
+
+class GenViT(nn.Module):
+    def __init__(self, config: HydraTokConfig):
+        super().__init__()
+        vit = config.vit_config()
+        self.embeddings = InternVLVisionEmbeddings(vit)
+        self.layers = nn.ModuleList(InternVLVisionLayer(vit) for _ in range(config.gen_layers))
+
+    def forward(self, pixels: torch.Tensor) -> list[torch.Tensor]:
+        """[B, 3, H, W] -> hidden states after each block, [B, 1 + N, D] (CLS first)."""
+        h = self.embeddings(pixels.to(self.embeddings.patch_embeddings.projection.weight.dtype))
+        hidden = []
+        for layer in self.layers:
+            h = layer(h)
+            hidden.append(h)
+        return hidden
+
+
+class SemViT(nn.Module):
+    def __init__(self, config: HydraTokConfig):
+        super().__init__()
+        vit = config.vit_config()
+        self.layers = nn.ModuleList(
+            InternVLVisionLayer(vit) for _ in range(config.num_hidden_layers - config.gen_layers))
+
+    def forward(self, h: torch.Tensor) -> list[torch.Tensor]:
+        """[B, N, D] -> hidden states after each block."""
+        if len(self.layers):
+            h = h.to(self.layers[0].layernorm_before.weight.dtype)
+        hidden = []
+        for layer in self.layers:
+            h = layer(h)
+            hidden.append(h)
+        return hidden
+
+
+class HydraTok(nn.Module):
+    def __init__(self, config: HydraTokConfig):
+        super().__init__()
+        self.config = config
+        self.gen_vit = GenViT(config)
+        self.gsb = GenerationSemanticBottleneck(config.hidden_size, config.latent_channels)
+        self.sem_vit = SemViT(config)
+        self.decoder = PixelFlowDecoder(config)
+        self._init_vit()
+
+    def _init_vit(self) -> None:
+        # InternViT's init (truncated normal 0.02) for the ViT halves and the GSB; the decoder keeps its
+        # own (AdaLN-Zero) init. Skipped on the meta device, where loading assigns every weight.
+        if self.gsb.proj.weight.is_meta:
+            return
+        for part in (self.gen_vit, self.gsb, self.sem_vit):
+            for module in part.modules():
+                if isinstance(module, (nn.Linear, nn.Conv2d)):
+                    nn.init.trunc_normal_(module.weight, std=0.02)
+                    if module.bias is not None:
+                        nn.init.zeros_(module.bias)
+        nn.init.trunc_normal_(self.gen_vit.embeddings.position_embeddings, std=0.02)
+
+    # ------------------------------------------------------------------ encoding
+    def encode(self, pixels: torch.Tensor, sample: bool = False, generator: torch.Generator | None = None,
+               run_sem_vit: bool = True) -> HydraTokEncoding:
+        gen_hidden = [h[:, 1:] for h in self.gen_vit(pixels)]  # drop CLS
+        gsb = self.gsb(gen_hidden[-1], sample=sample, generator=generator)
+        sem_hidden = self.sem_vit(gsb.h_bn) if run_sem_vit else []
+        return HydraTokEncoding(gsb=gsb, gen_hidden=gen_hidden, sem_hidden=sem_hidden)
+
+    @torch.no_grad()
+    def encode_latent(self, pixels: torch.Tensor) -> torch.Tensor:
+        """Pixels [B, 3, H, W] -> GSB mean [B, N, C] (the deterministic latent)."""
+        return self.encode(pixels, run_sem_vit=False).gsb.mean
+
+    def semantic_features(self, latent: torch.Tensor) -> torch.Tensor:
+        """A clean or noisy latent [B, N, C] -> Sem-ViT output [B, N, D]."""
+        h = self.gsb.unproject(latent)
+        hidden = self.sem_vit(h)
+        return hidden[-1] if hidden else h
+
+    def decode(self, latent: torch.Tensor, steps: int | None = None, **kwargs) -> torch.Tensor:
+        return self.decoder.decode(latent, steps=steps, **kwargs)
+
+    # ------------------------------------------------------------------ InternViT weights
+    @classmethod
+    def from_internvit(cls, config: HydraTokConfig, path: str | Path) -> "HydraTok":
+        """Initialise the ViT halves from an InternVL-vision-format checkpoint (safetensors only)."""
+        model = cls(config)
+        source = InternVLVisionModel.from_pretrained(path, use_safetensors=True)
+        model.load_internvit_state(source.state_dict())
+        return model
+
+    def load_internvit_state(self, state: dict[str, torch.Tensor]) -> None:
+        """Copy `embeddings.*` and `encoder.layer.{i}.*` into Gen-ViT (i < gen_layers) and Sem-ViT."""
+        mapped: dict[str, torch.Tensor] = {}
+        for key, value in state.items():
+            if key.startswith("embeddings."):
+                mapped["gen_vit." + key] = value
+            elif key.startswith("encoder.layer."):
+                index, rest = key[len("encoder.layer."):].split(".", 1)
+                i = int(index)
+                if i < self.config.gen_layers:
+                    mapped[f"gen_vit.layers.{i}.{rest}"] = value
+                elif i < self.config.num_hidden_layers:
+                    mapped[f"sem_vit.layers.{i - self.config.gen_layers}.{rest}"] = value
+        expected = {k for k in self.state_dict() if k.startswith(("gen_vit.", "sem_vit."))}
+        missing = sorted(expected - set(mapped))
+        if missing:
+            raise ValueError(f"the InternViT checkpoint lacks {len(missing)} tensors, e.g. {missing[:3]}")
+        own = self.state_dict()
+        wrong = [k for k, v in mapped.items() if own[k].shape != v.shape]
+        if wrong:
+            raise ValueError(f"InternViT tensor shapes do not match the config: {wrong[:3]}")
+        self.load_state_dict(mapped, strict=False)
+
+    # ------------------------------------------------------------------ training losses
+    def reg_losses(self, enc: HydraTokEncoding) -> dict[str, torch.Tensor]:
+        return {"kl": enc.gsb.kl_loss(), "cos": cosine_loss(enc.gen_hidden[-1], enc.gsb.h_bn)}
+
+    def decoder_losses(self, pixels: torch.Tensor, latent: torch.Tensor,
+                       generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Flow-matching loss of the decoder and its one-step clean estimate x_hat = x_t - t * v."""
+        t = sample_logit_normal(pixels.shape[0], generator=generator).to(pixels.device)
+        eps = torch.randn(pixels.shape, generator=generator).to(pixels.device)
+        t4 = t[:, None, None, None]
+        x_t = (1 - t4) * pixels + t4 * eps
+        v = self.decoder(x_t, t, latent)
+        flow = torch.nn.functional.mse_loss(v, eps - pixels)
+        return flow, (x_t - t4 * v).clamp(-1, 1)
+
+    def distill_loss(self, enc: HydraTokEncoding, teacher_hidden: tuple[torch.Tensor, ...]) -> torch.Tensor:
+        """sum over distill_layers of 1 - cos(student block l, teacher block l), patch tokens.
+
+        teacher_hidden: transformers' `hidden_states` of the teacher (index 0 = embeddings)."""
+        student = enc.gen_hidden + enc.sem_hidden
+        losses = [cosine_loss(student[l - 1], teacher_hidden[l][:, 1:]) for l in self.config.distill_layers]
+        return torch.stack(losses).sum()
+
+
+def build_teacher(config: HydraTokConfig) -> InternVLVisionModel:
+    """A ViT of the tokenizer's shape, used (frozen) as the self-distillation teacher."""
+    return InternVLVisionModel(config.vit_config())

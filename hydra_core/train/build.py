@@ -1,0 +1,288 @@
+"""Build HYDRA-Tiny from nothing: text tokenizer, semantic teacher, tokenizer stages 1-2, unified
+stages I-III, then the checkpoint folder.
+
+    python -m hydra_core.train --work runs/tiny --out assets/hydra-tiny
+
+Each stage saves its result under --work/<stage>/ and is skipped when that exists, and each
+stage resumes from its last saved state, so the same command continues an interrupted build.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import torch
+from accelerate import Accelerator
+from safetensors.torch import load_model, save_model
+from torch import nn
+from transformers import PreTrainedTokenizerFast
+
+from .. import config as hconfig
+from ..data import shapesworld as sw
+from ..loading import save_pretrained
+from ..text import train_bpe
+from ..tokenizer import build_teacher
+from ..tokenizer.losses import PatchDiscriminator, hinge_d_loss, hinge_g_loss, perceptual_loss
+from ..unified import HydraModel
+from ..viz import PCABasis
+from . import data
+from .loop import LoopConfig, train
+from .stages import STAGES, configure_stage
+
+# Steps per stage at --scale 1 (about 70 minutes on 2 CPU cores).
+STEPS = {"teacher": 300, "text": 300, "tok1": 1200, "tok2": 200, "umm1": 300, "umm2": 900, "umm3": 500}
+BATCH = {"teacher": 64, "text": 64, "tok": 32, "umm": 32}
+PHOTO_FRACTION = 0.3
+
+
+class Teacher(nn.Module):
+    """The semantic teacher: a ViT of the tokenizer's shape with per-token and count heads."""
+
+    def __init__(self, tok_cfg: hconfig.HydraTokConfig):
+        super().__init__()
+        self.vit = build_teacher(tok_cfg)
+        self.token_head = nn.Linear(tok_cfg.hidden_size, data.NUM_TOKEN_CLASSES)
+        self.count_head = nn.Linear(tok_cfg.hidden_size, sw.MAX_OBJECTS)
+
+    def forward(self, pixels: torch.Tensor):
+        out = self.vit(pixels, output_hidden_states=True)
+        tokens = out.last_hidden_state[:, 1:]
+        return self.token_head(tokens), self.count_head(tokens.mean(1)), out.hidden_states
+
+
+class Builder:
+    def __init__(self, work: Path, out: Path, scale: float, seed: int, pool_size: int):
+        self.work, self.out, self.scale, self.seed = work, out, scale, seed
+        self.work.mkdir(parents=True, exist_ok=True)
+        self.pool = data.make_pool(pool_size, seed)
+        self.tokenizer = self._text_tokenizer()
+        self.config = hconfig.tiny(vocab_size=len(self.tokenizer))
+        torch.manual_seed(seed)
+        self.model = HydraModel(self.config)
+        self.teacher = Teacher(self.config.tokenizer)
+
+    # ------------------------------------------------------------------ helpers
+    def steps(self, stage: str) -> int:
+        return max(10, int(STEPS[stage] * self.scale))
+
+    def _text_tokenizer(self) -> PreTrainedTokenizerFast:
+        path = self.work / "text_tokenizer"
+        if (path / "tokenizer.json").is_file():
+            tok = PreTrainedTokenizerFast.from_pretrained(path)
+            tok.padding_side = "left"
+            return tok
+        corpus = sw.text_corpus(np.random.default_rng(self.seed), 4000) + list(data.DESCRIBE)
+        tok = train_bpe(corpus, vocab_size=1024)
+        tok.save_pretrained(path)
+        return tok
+
+    def _done(self, stage: str) -> Path:
+        return self.work / stage / "done.safetensors"
+
+    def _run(self, stage: str, modules: dict, groups: list[dict], step_fn, extra=()) -> None:
+        cfg = LoopConfig(steps=self.steps(stage), out=self.work / stage, seed=self.seed,
+                         warmup=min(100, self.steps(stage) // 10))
+        train(Accelerator(cpu=not torch.cuda.is_available()), modules, groups, step_fn, cfg, extra)
+
+    def _finish(self, stage: str, module: nn.Module) -> None:
+        save_model(module, str(self._done(stage)))
+
+    def _restore(self, stage: str, module: nn.Module) -> bool:
+        if not self._done(stage).is_file():
+            return False
+        load_model(module, str(self._done(stage)))
+        return True
+
+    def _generator(self, step: int) -> torch.Generator:
+        return torch.Generator().manual_seed(self.seed * 1_000_003 + step)
+
+    # ------------------------------------------------------------------ stages
+    def stage_teacher(self) -> None:
+        if self._restore("teacher", self.teacher):
+            return
+        patch = self.config.tokenizer.patch_size
+
+        def step_fn(step):
+            rng = data.step_rng(self.seed, step)
+            idx = rng.integers(0, len(self.pool.scenes), BATCH["teacher"])
+            token_logits, count_logits, _ = self.teacher(data.to_pixels(self.pool.images[idx]))
+            labels = data.token_labels(self.pool, idx, patch)
+            counts = torch.tensor([len(self.pool.scenes[i].objects) - 1 for i in idx])
+            token_loss = nn.functional.cross_entropy(token_logits.reshape(-1, token_logits.shape[-1]), labels.reshape(-1))
+            count_loss = nn.functional.cross_entropy(count_logits, counts)
+            acc = (token_logits.argmax(-1) == labels).float().mean()
+            return {"loss": token_loss + count_loss, "token_acc": acc.detach(), "count": count_loss.detach()}
+
+        params = [{"params": list(self.teacher.parameters()), "lr": 1e-3}]
+        self._run("teacher", {"teacher": self.teacher}, params, step_fn)
+        self._finish("teacher", self.teacher)
+
+    def stage_text(self) -> None:
+        if self._restore("text", self.model):
+            return
+        groups = configure_stage(self.model, STAGES["text"])
+
+        def step_fn(step):
+            rng = data.step_rng(self.seed, step)
+            b = data.text_batch(self.tokenizer, self.pool, rng, BATCH["text"])
+            loss = self.model.ntp_loss(b["input_ids"], b["attention_mask"], b["labels"], None)
+            return {"loss": loss}
+
+        self._run("text", {"model": self.model}, groups, step_fn)
+        self._finish("text", self.model)
+
+    def stage_tok1(self) -> None:
+        if self._restore("tok1", self.model):
+            return
+        cfg = self.config.tokenizer
+        vision = self.model.vision
+        teacher = self.teacher.vit.eval().requires_grad_(False)
+        perceptual = perceptual_loss(cfg.perceptual)
+        groups = configure_stage(self.model, STAGES["tok1"])
+
+        def step_fn(step):
+            rng = data.step_rng(self.seed, step)
+            pixels = data.to_pixels(data.tokenizer_images(self.pool, rng, BATCH["tok"], PHOTO_FRACTION))
+            gen = self._generator(step)
+            enc = vision.encode(pixels, sample=True, generator=gen)
+            flow, x_hat = vision.decoder_losses(pixels, enc.gsb.latent, generator=gen)
+            with torch.no_grad():
+                teacher_hidden = teacher(pixels, output_hidden_states=True).hidden_states
+            reg = vision.reg_losses(enc)
+            losses = {"flow": flow, "kl": reg["kl"], "cos": reg["cos"],
+                      "distill": vision.distill_loss(enc, teacher_hidden)}
+            if perceptual is not None:
+                losses["perceptual"] = perceptual(x_hat, pixels)
+            total = (cfg.flow_weight * flow + cfg.kl_weight * reg["kl"] + cfg.cos_weight * reg["cos"]
+                     + cfg.distill_weight * losses["distill"] + cfg.perceptual_weight * losses.get("perceptual", 0))
+            return {"loss": total, **{k: v.detach() for k, v in losses.items()}}
+
+        self._run("tok1", {"model": self.model}, groups, step_fn)
+        self._finish("tok1", self.model)
+
+    def stage_tok2(self) -> None:
+        if self._restore("tok2", self.model):
+            return
+        cfg = self.config.tokenizer
+        vision = self.model.vision
+        perceptual = perceptual_loss(cfg.perceptual)
+        groups = configure_stage(self.model, STAGES["tok2"])
+        disc = PatchDiscriminator()
+        disc_opt = torch.optim.AdamW(disc.parameters(), lr=2e-4, betas=(0.5, 0.9))
+        shared = {}
+
+        def step_fn(step):
+            rng = data.step_rng(self.seed, step)
+            pixels = data.to_pixels(data.tokenizer_images(self.pool, rng, BATCH["tok"], PHOTO_FRACTION))
+            gen = self._generator(step)
+            with torch.no_grad():
+                latent = vision.encode(pixels, run_sem_vit=False).gsb.mean
+            flow, x_hat = vision.decoder_losses(pixels, latent, generator=gen)
+            # Discriminator step on detached samples, then the decoder's adversarial term.
+            disc_opt.zero_grad(set_to_none=True)
+            d_loss = hinge_d_loss(disc(pixels), disc(x_hat.detach()))
+            d_loss.backward()
+            disc_opt.step()
+            g_loss = hinge_g_loss(disc(x_hat))
+            perc = perceptual(x_hat, pixels) if perceptual is not None else torch.zeros(())
+            total = cfg.flow_weight * flow + cfg.perceptual_weight * perc + cfg.gan_weight * g_loss
+            shared["d"] = d_loss.detach()
+            return {"loss": total, "flow": flow.detach(), "perceptual": perc.detach(), "g": g_loss.detach(),
+                    "d": d_loss.detach()}
+
+        self._run("tok2", {"model": self.model, "disc": disc}, groups, step_fn)
+        self._finish("tok2", self.model)
+
+    def measure_latents(self) -> PCABasis:
+        """Latent statistics (for the flow's normalisation) and the latent panel's PCA basis."""
+        rng = np.random.default_rng(self.seed + 1)
+        images = data.tokenizer_images(self.pool, rng, 512, PHOTO_FRACTION)
+        with torch.no_grad():
+            means = torch.cat([self.model.vision.encode_latent(data.to_pixels(images[i:i + 64]))
+                               for i in range(0, len(images), 64)])
+        self.config.latent_mean = round(float(means.mean()), 5)
+        self.config.latent_std = round(float(means.std()), 5)
+        self.model.config = self.config
+        return PCABasis.fit(means.reshape(-1, means.shape[-1]).numpy())
+
+    def stage_umm(self, name: str) -> None:
+        if self._restore(name, self.model):
+            return
+        stage = STAGES[name]
+        groups = configure_stage(self.model, stage)
+        n_text, n_und, n_gen = _split(BATCH["umm"], stage.data_ratio)
+        n_img = self.config.tokenizer.num_tokens
+        qa_share = {"umm1": 0.3, "umm2": 0.5, "umm3": 0.9}[name]
+        model, vision = self.model, self.model.vision
+
+        def step_fn(step):
+            rng = data.step_rng(self.seed, step)
+            out, total = {}, 0.0
+            ntp_terms = []
+            if n_und:
+                b = data.understanding_batch(self.tokenizer, self.pool, rng, n_und, n_img, qa_share)
+                latents = vision.encode_latent(data.to_pixels(b["images"]))
+                ntp_terms.append((n_und, model.ntp_loss(b["input_ids"], b["attention_mask"], b["labels"], latents)))
+            if n_text:
+                b = data.text_batch(self.tokenizer, self.pool, rng, n_text)
+                ntp_terms.append((n_text, model.ntp_loss(b["input_ids"], b["attention_mask"], b["labels"], None)))
+            if ntp_terms:
+                ntp = sum(n * loss for n, loss in ntp_terms) / sum(n for n, _ in ntp_terms)
+                total = total + self.config.ntp_weight * ntp
+                out["ntp"] = ntp.detach()
+            if n_gen:
+                b = data.generation_batch(self.tokenizer, self.pool, rng, n_gen, n_img, self.config.cfg_dropout)
+                mean = vision.encode_latent(data.to_pixels(b["images"]))
+                flow = model.flow_loss(b["input_ids"], b["attention_mask"], mean, generator=self._generator(step))
+                total = total + self.config.flow_weight * flow
+                out["flow"] = flow.detach()
+            return {"loss": total, **out}
+
+        self._run(name, {"model": model}, groups, step_fn)
+        self._finish(name, model)
+
+    # ------------------------------------------------------------------ all
+    def build(self) -> Path:
+        timings = {}
+        basis = None
+        for stage in ("teacher", "text", "tok1", "tok2", "latents", "umm1", "umm2", "umm3"):
+            start = time.perf_counter()
+            if stage == "latents":
+                basis = self.measure_latents()
+            elif stage.startswith("umm"):
+                self.stage_umm(stage)
+            else:
+                getattr(self, f"stage_{stage}")()
+            timings[stage] = round(time.perf_counter() - start, 1)
+            print(f"[build] {stage} finished in {timings[stage]} s", flush=True)
+        self.model.requires_grad_(False)
+        save_pretrained(self.model, self.tokenizer, self.out, basis=basis)
+        record = self.work / "timings.json"
+        old = json.loads(record.read_text()) if record.is_file() else {}
+        record.write_text(json.dumps({k: old.get(k, 0) + v for k, v in timings.items()}, indent=2))
+        return self.out
+
+
+def _split(batch: int, ratio: tuple[int, int, int]) -> tuple[int, int, int]:
+    total = sum(ratio)
+    text, und = round(batch * ratio[0] / total), round(batch * ratio[1] / total)
+    return text, und, batch - text - und
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--work", type=Path, default=Path("runs/tiny"), help="stage outputs, logs, resumable state")
+    parser.add_argument("--out", type=Path, default=Path("assets/hydra-tiny"), help="the checkpoint folder to write")
+    parser.add_argument("--scale", type=float, default=1.0, help="multiply every stage's step count")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--pool-size", type=int, default=6000, help="ShapesWorld scenes rendered for training")
+    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    Builder(args.work, args.out, args.scale, args.seed, args.pool_size).build()

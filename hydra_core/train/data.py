@@ -1,0 +1,171 @@
+"""Training batches for every stage, drawn from ShapesWorld and the bundled photos.
+
+Scenes are rendered once into a pool (rendering costs ~6 ms a scene); texts are drawn fresh from
+each scene record at every step. Every batch is a pure function of (seed, step), so a resumed run
+sees the same data as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from transformers import PreTrainedTokenizerFast
+
+from ..config import NULL_TOKEN
+from ..data import photos, shapesworld as sw
+from ..text import expand_images, render_chat
+
+DESCRIBE = ("describe the image.", "what is in the picture?", "caption this image.")
+
+
+@dataclass
+class ScenePool:
+    images: np.ndarray  # uint8 [M, S, S, 3]
+    masks: np.ndarray  # int16 [M, S, S]
+    scenes: list
+    prompts: list  # GenEval metadata when the scene was drawn for a prompt, else None
+
+
+def make_pool(n: int, seed: int, prompt_fraction: float = 0.5) -> ScenePool:
+    """n scenes: a share drawn for GenEval-style prompts (the generation targets), the rest at random."""
+    rng = np.random.default_rng(seed)
+    images, masks, scenes, prompts = [], [], [], []
+    for _ in range(n):
+        meta = sw.sample_prompt(rng) if rng.random() < prompt_fraction else None
+        scene = sw.scene_for_prompt(meta, rng) if meta else sw.sample_scene(rng)
+        image, mask = sw.render(scene, return_mask=True)
+        images.append(image)
+        masks.append(mask)
+        scenes.append(scene)
+        prompts.append(meta)
+    return ScenePool(np.stack(images), np.stack(masks), scenes, prompts)
+
+
+def step_rng(seed: int, step: int) -> np.random.Generator:
+    return np.random.default_rng([seed, step])
+
+
+def to_pixels(images: np.ndarray) -> torch.Tensor:
+    """uint8 [B, S, S, 3] -> float [B, 3, S, S] in [-1, 1]."""
+    return torch.from_numpy(images).permute(0, 3, 1, 2).float() / 127.5 - 1
+
+
+def tokenizer_images(pool: ScenePool, rng: np.random.Generator, batch: int, photo_fraction: float) -> np.ndarray:
+    n_photos = int(rng.binomial(batch, photo_fraction))
+    idx = rng.integers(0, len(pool.scenes), batch - n_photos)
+    parts = [pool.images[idx]]
+    if n_photos:
+        parts.append(photos.random_photo_crops(rng, n_photos, size=pool.images.shape[1], split="train"))
+    return np.concatenate(parts)
+
+
+# ---------------------------------------------------------------------- semantic teacher labels
+NUM_TOKEN_CLASSES = 1 + len(sw.SHAPES) * len(sw.COLORS)
+COLOR_NAMES = tuple(sw.COLORS)
+
+
+def token_labels(pool: ScenePool, idx: np.ndarray, patch: int) -> torch.Tensor:
+    """Per patch: 0 background, else 1 + shape * n_colours + colour of the object at the patch centre."""
+    centre = patch // 2
+    labels = np.zeros((len(idx), (pool.masks.shape[1] // patch) ** 2), dtype=np.int64)
+    for row, i in enumerate(idx):
+        grid = pool.masks[i][centre::patch, centre::patch].reshape(-1)
+        for k, obj in enumerate(pool.scenes[i].objects):
+            cls = 1 + sw.SHAPES.index(obj.shape) * len(COLOR_NAMES) + COLOR_NAMES.index(obj.color)
+            labels[row][grid == k] = cls
+    return torch.from_numpy(labels)
+
+
+# ---------------------------------------------------------------------- conversations
+def encode_conversation(tokenizer: PreTrainedTokenizerFast, messages: list[dict],
+                        num_image_tokens: int) -> tuple[list[int], list[int]]:
+    """Token ids and labels (-100 except on the assistant replies and their end token)."""
+    ids: list[int] = []
+    labels: list[int] = []
+    done = ""
+    for i, message in enumerate(messages):
+        if message["role"] != "assistant":
+            continue
+        prompt = render_chat(tokenizer, messages[:i], add_generation_prompt=True)
+        full = render_chat(tokenizer, messages[: i + 1], add_generation_prompt=False)
+        for text, learn in ((prompt[len(done):], False), (full[len(prompt):], True)):
+            piece = tokenizer(expand_images(text, num_image_tokens), add_special_tokens=False).input_ids
+            ids += piece
+            labels += piece if learn else [-100] * len(piece)
+        done = full
+    return ids, labels
+
+
+def understanding_conversation(pool: ScenePool, i: int, rng: np.random.Generator, kind: str) -> list[dict]:
+    """kind: "caption" (one turn) or "qa" (1-3 question turns)."""
+    scene = pool.scenes[i]
+    if kind == "caption":
+        turns = [(DESCRIBE[rng.integers(len(DESCRIBE))], sw.captions(scene, rng)[0])]
+    else:
+        qas = sw.qa_pairs(scene, rng)
+        picks = rng.permutation(len(qas))[: int(rng.integers(1, 4))]
+        turns = [(qas[k].question, qas[k].answer) for k in picks]
+    messages = []
+    for j, (question, answer) in enumerate(turns):
+        content = [{"type": "image"}, {"type": "text", "text": question}] if j == 0 else question
+        messages += [{"role": "user", "content": content}, {"role": "assistant", "content": answer}]
+    return messages
+
+
+def pad_right(rows: list[list[int]], value: int) -> torch.Tensor:
+    length = max(len(r) for r in rows)
+    return torch.tensor([r + [value] * (length - len(r)) for r in rows])
+
+
+def understanding_batch(tokenizer, pool: ScenePool, rng, batch: int, num_image_tokens: int, qa_share: float):
+    idx = rng.integers(0, len(pool.scenes), batch)
+    rows, labels = [], []
+    for i in idx:
+        kind = "qa" if rng.random() < qa_share else "caption"
+        ids, lab = encode_conversation(tokenizer, understanding_conversation(pool, i, rng, kind), num_image_tokens)
+        rows.append(ids)
+        labels.append(lab)
+    input_ids = pad_right(rows, tokenizer.pad_token_id)
+    return {"input_ids": input_ids, "attention_mask": pad_right([[1] * len(r) for r in rows], 0),
+            "labels": pad_right(labels, -100), "images": pool.images[idx]}
+
+
+def text_batch(tokenizer, pool: ScenePool, rng, batch: int):
+    """Text-only conversations (questions answered from the caption), for the LLM's language."""
+    rows, labels = [], []
+    for i in rng.integers(0, len(pool.scenes), batch):
+        scene = pool.scenes[i]
+        caption = sw.captions(scene, rng)[0]
+        qa = sw.qa_pairs(scene, rng)
+        q = qa[rng.integers(len(qa))]
+        messages = [{"role": "user", "content": f"{caption}. {q.question}"}, {"role": "assistant", "content": q.answer}]
+        ids, lab = encode_conversation(tokenizer, messages, 0)
+        rows.append(ids)
+        labels.append(lab)
+    return {"input_ids": pad_right(rows, tokenizer.pad_token_id),
+            "attention_mask": pad_right([[1] * len(r) for r in rows], 0), "labels": pad_right(labels, -100)}
+
+
+def generation_prompt(tokenizer, prompt: str) -> str:
+    """The same text the pipeline feeds before generating an image."""
+    from ..config import IMG_START
+
+    return render_chat(tokenizer, [{"role": "user", "content": prompt}], add_generation_prompt=True) + IMG_START
+
+
+def generation_batch(tokenizer, pool: ScenePool, rng, batch: int, num_image_tokens: int, cfg_dropout: float):
+    """Prompt prefix (left-padded) + image positions; the prompt is the null token with prob cfg_dropout."""
+    from ..config import IMG_PAD
+
+    idx = rng.integers(0, len(pool.scenes), batch)
+    texts = []
+    for i in idx:
+        meta = pool.prompts[i]
+        prompt = meta["prompt"] if meta is not None and rng.random() < 0.7 else sw.captions(pool.scenes[i], rng)[0]
+        if rng.random() < cfg_dropout:
+            prompt = NULL_TOKEN
+        texts.append(generation_prompt(tokenizer, prompt) + IMG_PAD * num_image_tokens)
+    enc = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
+    return {"input_ids": enc.input_ids, "attention_mask": enc.attention_mask, "images": pool.images[idx]}

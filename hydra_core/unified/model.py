@@ -1,0 +1,182 @@
+"""HYDRA: one Qwen2 LLM over HYDRA-TOK, with a language head and a flow head.
+
+Shapes: B batch, L sequence, N image tokens, C latent channels, D ViT width, H LLM width.
+
+Images enter the LLM the same way for understanding and generation:
+    latent [B, N, C] -> GSB un-projection -> Sem-ViT -> projector -> [B, N, H] at the <|image_pad|>
+positions of the sequence. For understanding the latent is the clean GSB mean; for generation it is
+z_t = (1 - t) * mu + t * eps in the normalised latent space ((mu - latent_mean) / latent_std), and the
+flow head reads the hidden states at those positions and predicts v = eps - mu.
+
+Attention: causal text, bidirectional inside each image (see masks.py).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import DynamicCache, Qwen2ForCausalLM
+
+from ..config import IMG_PAD, NULL_TOKEN, PAD_TOKEN, HydraConfig
+from ..sampling import sample_logit_normal
+from ..tokenizer import HydraTok
+from .flow_head import FlowHead
+from .masks import build_attention_mask, position_ids_from, to_additive_mask
+
+
+@dataclass
+class Prefix:
+    """A prefilled text (+ images) prefix: its KV cache and what later tokens need to attend to it."""
+
+    cache: DynamicCache
+    segments: torch.Tensor  # [B, P]: -1 padding, 0 text, k image k
+    next_position: torch.Tensor  # [B]: position id of the next token
+    last_logits: torch.Tensor  # [B, V]
+
+    @property
+    def length(self) -> int:
+        return self.segments.shape[1]
+
+
+class HydraModel(nn.Module):
+    def __init__(self, config: HydraConfig):
+        super().__init__()
+        self.config = config
+        tok = config.tokenizer
+        self.vision = HydraTok(tok)
+        self.llm = Qwen2ForCausalLM(config.llm_config())
+        width = self.llm.config.hidden_size
+        # InternVL-style: LayerNorm then the paper's linear projector.
+        self.projector = nn.Sequential(nn.LayerNorm(tok.hidden_size), nn.Linear(tok.hidden_size, width))
+        self.flow_head = FlowHead(width, config.flow_head_width, config.flow_head_layers, tok.latent_channels)
+
+    # ------------------------------------------------------------------ helpers
+    @property
+    def device(self) -> torch.device:
+        return self.projector[1].weight.device
+
+    def token_id(self, token: str) -> int:
+        return self.config.token_ids[token]
+
+    def normalize(self, mean: torch.Tensor) -> torch.Tensor:
+        return (mean - self.config.latent_mean) / self.config.latent_std
+
+    def denormalize(self, z: torch.Tensor) -> torch.Tensor:
+        return z * self.config.latent_std + self.config.latent_mean
+
+    def image_embeds(self, latent: torch.Tensor) -> torch.Tensor:
+        """GSB-space latent [M, N, C] (raw scale) -> LLM input embeddings [M, N, H]."""
+        return self.projector(self.vision.semantic_features(latent))
+
+    def segments(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
+        """[B, L] -> segment labels: -1 padding, 0 text, k > 0 for the k-th run of image pads."""
+        is_image = input_ids == self.token_id(IMG_PAD)
+        starts = is_image & ~F.pad(is_image, (1, 0))[:, :-1]
+        segments = starts.long().cumsum(-1) * is_image.long()
+        if attention_mask is not None:
+            segments = segments.masked_fill(attention_mask == 0, -1)
+        return segments
+
+    def embed(self, input_ids: torch.Tensor, latents: torch.Tensor | None) -> torch.Tensor:
+        """Token embeddings with the image-pad positions replaced, in order, by the images' embeddings.
+
+        latents: [M, N, C], one per image run in reading order over the batch (row-major)."""
+        embeds = self.llm.get_input_embeddings()(input_ids)
+        is_image = input_ids == self.token_id(IMG_PAD)
+        n_pads = int(is_image.sum())
+        if n_pads == 0:
+            return embeds
+        if latents is None or latents.shape[0] * latents.shape[1] != n_pads:
+            got = 0 if latents is None else latents.shape[0] * latents.shape[1]
+            raise ValueError(f"the sequence has {n_pads} image positions but {got} image tokens were given")
+        image = self.image_embeds(latents).reshape(-1, embeds.shape[-1]).to(embeds.dtype)
+        return embeds.masked_scatter(is_image.unsqueeze(-1), image)
+
+    def _run_llm(self, embeds, segments, cache=None, key_segments=None, position_ids=None):
+        """Run the decoder. Without a cache the mask is built over `segments`; with one, `key_segments`
+        covers the cached keys followed by the new tokens."""
+        dtype = embeds.dtype
+        if cache is None:
+            allowed = build_attention_mask(segments)
+            position_ids = position_ids_from(segments)
+        else:
+            allowed = build_attention_mask(key_segments)[:, :, -segments.shape[1]:]
+        out = self.llm.model(inputs_embeds=embeds, attention_mask=to_additive_mask(allowed, dtype),
+                             position_ids=position_ids, cache=cache, use_cache=cache is not None)
+        return out.last_hidden_state
+
+    # ------------------------------------------------------------------ training
+    def ntp_loss(self, input_ids, attention_mask, labels, latents) -> torch.Tensor:
+        """Next-token prediction on text; labels -100 where no loss is taken."""
+        segments = self.segments(input_ids, attention_mask)
+        hidden = self._run_llm(self.embed(input_ids, latents), segments)
+        logits = self.llm.lm_head(hidden[:, :-1]).float()
+        return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels[:, 1:].reshape(-1), ignore_index=-100)
+
+    def flow_loss(self, input_ids, attention_mask, target_mean, generator=None) -> torch.Tensor:
+        """Flow matching on the image tokens at the end of each row (prefix left-padded).
+
+        target_mean: GSB means [B, N, C] of the target images (raw scale)."""
+        x0 = self.normalize(target_mean)
+        b = x0.shape[0]
+        t = sample_logit_normal(b, generator=generator).to(x0.device)
+        eps = torch.randn(x0.shape, generator=generator).to(x0.device)
+        z_t = (1 - t[:, None, None]) * x0 + t[:, None, None] * eps
+        segments = self.segments(input_ids, attention_mask)
+        hidden = self._run_llm(self.embed(input_ids, self.denormalize(z_t)), segments)
+        n = x0.shape[1]
+        v = self.flow_head(hidden[:, -n:], t)
+        return F.mse_loss(v.float(), (eps - x0).float())
+
+    # ------------------------------------------------------------------ inference
+    @torch.no_grad()
+    def prefill(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                latents: torch.Tensor | None = None) -> Prefix:
+        """Run a (left-padded) prompt once and keep its KV cache."""
+        segments = self.segments(input_ids, attention_mask)
+        cache = DynamicCache(config=self.llm.config)
+        embeds = self.embed(input_ids, latents)
+        allowed = build_attention_mask(segments)
+        out = self.llm.model(inputs_embeds=embeds, attention_mask=to_additive_mask(allowed, embeds.dtype),
+                             position_ids=position_ids_from(segments), cache=cache, use_cache=True)
+        logits = self.llm.lm_head(out.last_hidden_state[:, -1]).float()
+        next_position = position_ids_from(segments)[:, -1] + 1
+        return Prefix(cache=cache, segments=segments, next_position=next_position, last_logits=logits)
+
+    @torch.no_grad()
+    def image_velocity(self, z_t: torch.Tensor, t: torch.Tensor, prefix: Prefix) -> torch.Tensor:
+        """Velocity for normalised latents z_t [B, N, C] at times t [B], attending to a prefilled prefix.
+
+        The prefix's cache is used and then cut back, so it serves every flow step unchanged."""
+        b, n, _ = z_t.shape
+        embeds = self.image_embeds(self.denormalize(z_t)).to(self.llm.dtype)
+        new_segments = torch.full((b, n), int(prefix.segments.max()) + 1, device=z_t.device)
+        key_segments = torch.cat([prefix.segments, new_segments], dim=1)
+        positions = prefix.next_position[:, None] + torch.arange(n, device=z_t.device)[None]
+        hidden = self._run_llm(embeds, new_segments, cache=prefix.cache, key_segments=key_segments,
+                               position_ids=positions)
+        prefix.cache.crop(-n)
+        return self.flow_head(hidden, t.to(hidden.dtype)).float()
+
+    @torch.no_grad()
+    def decode_step(self, token_ids: torch.Tensor, prefix: Prefix) -> torch.Tensor:
+        """Append one token per row [B] to the prefix (in place) and return the next logits [B, V]."""
+        b = token_ids.shape[0]
+        new_segments = torch.zeros((b, 1), dtype=prefix.segments.dtype, device=token_ids.device)
+        key_segments = torch.cat([prefix.segments, new_segments], dim=1)
+        embeds = self.llm.get_input_embeddings()(token_ids[:, None])
+        hidden = self._run_llm(embeds, new_segments, cache=prefix.cache, key_segments=key_segments,
+                               position_ids=prefix.next_position[:, None])
+        prefix.segments = key_segments
+        prefix.next_position = prefix.next_position + 1
+        prefix.last_logits = self.llm.lm_head(hidden[:, -1]).float()
+        return prefix.last_logits
+
+    def null_token_id(self) -> int:
+        return self.token_id(NULL_TOKEN)
+
+    def pad_token_id(self) -> int:
+        return self.token_id(PAD_TOKEN)

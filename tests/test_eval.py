@@ -1,0 +1,142 @@
+"""The evaluation suites and their command line, on the random-weight tiny pipeline (few steps, small limits)."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from hydra_core.data import shapesworld as sw
+from hydra_core.eval import evaluate, format_table, score_geneval
+from hydra_core.eval.suites import accuracy_by, normalize_answer, read_prompts, vqa_items
+
+REPO = Path(__file__).resolve().parent.parent
+CUSTOM_PROMPTS = [
+    {"tag": "colors", "prompt": "a photo of a red circle",
+     "include": [{"class": "circle", "count": 1, "color": "red"}]},
+    {"tag": "counting", "prompt": "a photo of three stars", "include": [{"class": "star", "count": 3}],
+     "exclude": [{"class": "star", "count": 4}]},
+]
+
+
+# One intra-op thread: these models are tiny, and on a shared CPU two threads wait on each other
+# at every op (a generation step took ~35x longer with two threads next to a training job).
+ONE_THREAD_ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def _check_accuracies(block: dict, keys: tuple[str, ...], n: int) -> None:
+    assert block["n"] == n
+    for key in (*keys, "overall"):
+        assert 0.0 <= block[key] <= 1.0, (key, block[key])
+
+
+def _check_recon(block: dict, n: int) -> None:
+    assert block["n"] == n
+    assert block["psnr"] is None or (math.isfinite(block["psnr"]) and block["psnr"] > 0)
+    assert -1.0 <= block["ssim"] <= 1.0
+
+
+@pytest.fixture()
+def prompts_file(tmp_path):
+    path = tmp_path / "prompts.jsonl"
+    path.write_text("\n".join(json.dumps(m) for m in CUSTOM_PROMPTS) + "\n\n")
+    return path
+
+
+def test_evaluate_all_suites(tiny_pipeline):
+    results = evaluate(tiny_pipeline, limit=6, seed=1, steps=2)
+    assert results["seed"] == 1 and results["limit"] == 6
+    for source in ("shapesworld", "photos"):
+        _check_recon(results["recon"][source], 6)
+    assert "images" not in results["recon"]
+    _check_accuracies(results["geneval"], sw.TAGS, 6)  # round-robin: one prompt per tag
+    assert results["geneval"]["overall"] == pytest.approx(np.mean([results["geneval"][t] for t in sw.TAGS]))
+    assert len(results["geneval_samples"]) == 6
+    _check_accuracies(results["vqa"], sw.QTYPES, 6)
+    assert [s["qtype"] for s in results["vqa_samples"]] == [*sw.QTYPES, "count"]
+    assert set(results["seconds"]) == {"recon", "geneval", "vqa"}
+    json.dumps(results, allow_nan=False)
+    table = format_table(results)
+    assert "shapesworld psnr" in table and "overall" in table
+
+
+def test_prompts_file_and_images_folder(tiny_pipeline, prompts_file, tmp_path):
+    results = evaluate(tiny_pipeline, suites=("geneval",), limit=5, steps=2, prompts_file=prompts_file)
+    assert set(results) >= {"geneval", "geneval_samples"} and "recon" not in results and "vqa" not in results
+    assert results["geneval"]["n"] == 2
+    assert [k for k in results["geneval"] if k not in ("overall", "n")] == ["counting", "colors"]
+    assert [s["prompt"] for s in results["geneval_samples"]] == [m["prompt"] for m in CUSTOM_PROMPTS]
+
+    folder = tmp_path / "images"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for name, size in (("a.png", (40, 30)), ("b.PNG", (64, 64))):
+        Image.fromarray(rng.integers(0, 256, (*size, 3), dtype=np.uint8)).save(folder / name)
+    (folder / "notes.txt").write_text("not an image")
+    results = evaluate(tiny_pipeline, suites=("recon",), limit=1, steps=2, images_dir=folder)
+    _check_recon(results["recon"]["images"], 2)
+    _check_recon(results["recon"]["shapesworld"], 1)
+
+
+def test_cli_writes_json_and_table(tiny_checkpoint, tmp_path):
+    out = tmp_path / "out.json"
+    cmd = [sys.executable, "-m", "hydra_core.eval", "--checkpoint", str(tiny_checkpoint), "--suite", "all",
+           "--limit", "3", "--steps", "2", "--device", "cpu", "--json", str(out)]
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300,
+                          env=ONE_THREAD_ENV)
+    assert proc.returncode == 0, proc.stderr
+    results = json.loads(out.read_text())
+    assert results["checkpoint"] == str(tiny_checkpoint) and results["limit"] == 3 and results["seed"] == 0
+    _check_recon(results["recon"]["shapesworld"], 3)
+    _check_recon(results["recon"]["photos"], 3)
+    _check_accuracies(results["geneval"], sw.TAGS[:3], 3)
+    _check_accuracies(results["vqa"], sw.QTYPES[:3], 3)
+    assert "geneval" in proc.stdout and "vqa" in proc.stdout and "shapesworld psnr" in proc.stdout
+
+
+def test_cli_rejects_bad_arguments(tmp_path):
+    cmd = [sys.executable, "-m", "hydra_core.eval", "--suite", "nope", "--json", str(tmp_path / "x.json")]
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=120,
+                          env=ONE_THREAD_ENV)
+    assert proc.returncode == 2 and "--suite" in proc.stderr
+
+
+def test_geneval_scorer_is_not_trivial():
+    rng = np.random.default_rng(123)
+    metas = [sw.sample_prompt(rng, tag) for tag in sw.TAGS for _ in range(5)]
+    truth = [sw.render(sw.scene_for_prompt(m, rng)) for m in metas]
+    summary, samples = score_geneval(truth, metas)
+    assert summary["n"] == 30 and summary["overall"] >= 0.95, [s for s in samples if not s["correct"]]
+    blank = [np.full((64, 64, 3), 255, np.uint8)] * len(metas)
+    assert score_geneval(blank, metas)[0]["overall"] <= 0.05
+
+
+def test_helpers(prompts_file, tmp_path):
+    assert accuracy_by(["b", "a", "b", "z"], [True, False, False, True], order=("a", "b")) == \
+        {"a": 0.0, "b": 0.5, "z": 1.0}
+    assert [normalize_answer(r) for r in ("  Yes.", "TWO objects", "3", "", "red!")] == \
+        ["yes", "two", "three", "", "red"]
+    assert [m["tag"] for m in read_prompts(prompts_file, limit=1)] == ["colors"]
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"prompt": "x"}\n')
+    with pytest.raises(ValueError, match="include"):
+        read_prompts(bad)
+    items = vqa_items(11, seed=0, size=64)
+    counts = {q: sum(qa.qtype == q for _, qa in items) for q in sw.QTYPES}
+    assert len(items) == 11 and max(counts.values()) - min(counts.values()) <= 1
