@@ -69,7 +69,7 @@ def resolve_checkpoint(path_or_id: str | Path) -> Path:
         from huggingface_hub import snapshot_download
 
         return Path(snapshot_download(str(path_or_id), allow_patterns=HUB_PATTERNS))
-    raise FileNotFoundError(f"checkpoint {path_or_id!r} is neither a folder nor a Hub id (owner/name)")
+    raise FileNotFoundError(f"checkpoint {str(path_or_id)!r} is neither a folder nor a Hub id (owner/name)")
 
 
 def _check_folder(path: Path) -> None:

@@ -41,8 +41,8 @@ class GenerationOutput:
     images: list[Image.Image]
     latents: torch.Tensor  # [B, N, C]
     seeds: list[int]
-    # With return_trajectory: per step k, the latent after the step and the model's clean estimate,
-    # each [B, N, C], and the time reached.
+    # With return_trajectory: per step, {"t": time reached, "latent": the latent after the step,
+    # "x0": the model's clean estimate at that step}, latents [B, N, C] in the GSB's scale.
     trajectory: list[dict[str, torch.Tensor | float]] = field(default_factory=list)
     seconds: float = 0.0
 
@@ -100,18 +100,41 @@ class HydraPipeline:
         self.basis = basis
         self.name = name
         self.precision = precision
+        self._pending_placement: tuple[str | None, str | None] | None = None
+        # Counted before any quantization (bitsandbytes packs two 4-bit weights per byte).
+        self.num_parameters = sum(p.numel() for p in model.parameters())
 
     @classmethod
     def from_pretrained(cls, path_or_id: str | Path | None = None, device: str | None = None,
-                        precision: str | None = None) -> "HydraPipeline":
-        """Load a checkpoint folder or Hub id (default: the bundled HYDRA-Tiny) onto a device."""
+                        precision: str | None = None, defer_placement: bool = False) -> "HydraPipeline":
+        """Load a checkpoint folder or Hub id (default: the bundled HYDRA-Tiny) onto a device.
+
+        defer_placement: keep the float32 weights on the CPU and move / quantize them at the first
+        model call. On ZeroGPU, CUDA exists only inside `@spaces.GPU` functions, so bitsandbytes
+        loads must happen there (each call runs in a fresh worker, so each call places the model)."""
         from .loading import load_pretrained
         from .precision import place
 
         ckpt = load_pretrained(path_or_id or BUNDLED_CHECKPOINT)
+        name = str(path_or_id or "hydra-tiny (bundled)")
+        if defer_placement:
+            pipe = cls(ckpt.model, ckpt.tokenizer, ckpt.basis, name=name, precision=precision or "auto")
+            pipe._pending_placement = (device, precision)
+            return pipe
+        count = sum(p.numel() for p in ckpt.model.parameters())
         model, precision = place(ckpt.model, device=device, precision=precision)
-        return cls(model, ckpt.tokenizer, ckpt.basis, name=str(path_or_id or "hydra-tiny (bundled)"),
-                   precision=precision)
+        pipe = cls(model, ckpt.tokenizer, ckpt.basis, name=name, precision=precision)
+        pipe.num_parameters = count
+        return pipe
+
+    def ensure_placed(self) -> None:
+        """Apply a deferred device / precision placement (a no-op once placed)."""
+        if self._pending_placement is not None:
+            from .precision import place
+
+            device, precision = self._pending_placement
+            self.model, self.precision = place(self.model, device=device, precision=precision)
+            self._pending_placement = None
 
     # ------------------------------------------------------------------ properties
     @property
@@ -129,6 +152,7 @@ class HydraPipeline:
     # ------------------------------------------------------------------ images <-> latents
     def preprocess(self, images: ImageLike | list[ImageLike]) -> torch.Tensor:
         """Centre-crop, resize and scale to [-1, 1]: -> [B, 3, S, S]."""
+        self.ensure_placed()
         images = images if isinstance(images, list) else [images]
         arrays = [np.asarray(center_crop_resize(to_pil(im), self.image_size)) for im in images]
         batch = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).float() / 127.5 - 1
@@ -143,6 +167,7 @@ class HydraPipeline:
     def decode(self, latents: torch.Tensor, steps: int | None = None, seeds: list[int] | int = 0,
                noise: torch.Tensor | None = None) -> list[Image.Image]:
         """GSB latents [B, N, C] (or [N, C]) -> images, with per-image seeded decoder noise."""
+        self.ensure_placed()
         latents = latents[None] if latents.dim() == 2 else latents
         seeds = [seeds + k for k in range(latents.shape[0])] if isinstance(seeds, int) else seeds
         if noise is None:
@@ -183,6 +208,7 @@ class HydraPipeline:
         4. Denormalise and decode with the pixel flow decoder.
         """
         start = time.perf_counter()
+        self.ensure_placed()
         steps = self.config.default_steps if steps is None else steps
         guidance = self.config.default_guidance if guidance is None else guidance
         self.check_generate_inputs(prompt, num_images, steps, guidance)
@@ -209,9 +235,10 @@ class HydraPipeline:
 
         trajectory: list[dict] = []
 
-        def on_step(i: int, t_next: float, z: torch.Tensor) -> None:
+        def on_step(i: int, t_next: float, z: torch.Tensor, clean: torch.Tensor) -> None:
             if return_trajectory:
-                trajectory.append({"t": t_next, "latent": model.denormalize(z).float().cpu()})
+                trajectory.append({"t": t_next, "latent": model.denormalize(z).float().cpu(),
+                                   "x0": model.denormalize(clean).float().cpu()})
             if progress is not None:
                 progress(i + 1, steps)
 
@@ -270,6 +297,7 @@ class HydraPipeline:
             raise ValueError(f"max_new_tokens must be 1..1024, got {max_new_tokens}")
         if temperature < 0 or not 0 < top_p <= 1:
             raise ValueError("temperature must be >= 0 and top_p in (0, 1]")
+        self.ensure_placed()
         input_ids, attention_mask, images = self._chat_inputs(messages)
         latents = self.encode(images).to(self.device) if images else None
         prefix = self.model.prefill(input_ids, attention_mask, latents)

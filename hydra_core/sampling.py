@@ -9,18 +9,22 @@ from __future__ import annotations
 
 from typing import Callable
 
+import numpy as np
 import torch
 from diffusers import FlowMatchEulerDiscreteScheduler
 
 VelocityFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
-StepCallback = Callable[[int, float, torch.Tensor], None]
+# (step index, t reached, x after the step, clean estimate x_t - t * v made at this step)
+StepCallback = Callable[[int, float, torch.Tensor, torch.Tensor], None]
 
 
 def make_scheduler(steps: int, shift: float = 1.0) -> FlowMatchEulerDiscreteScheduler:
     if steps < 1:
         raise ValueError(f"steps must be at least 1, got {steps}")
     scheduler = FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=shift)
-    scheduler.set_timesteps(steps)
+    # Evenly spaced sigmas 1 .. 1/steps, then 0 (as diffusers' SD3 / Flux pipelines pass them); the
+    # default spacing ends at 1/1000 and wastes the last step going from 0.001 to 0.
+    scheduler.set_timesteps(sigmas=np.linspace(1.0, 1.0 / steps, steps))
     return scheduler
 
 
@@ -39,16 +43,17 @@ def sample_flow(
         noise: x at t = 1.
         steps: number of Euler steps.
         shift: the scheduler's timestep shift (1.0 = uniform steps).
-        callback: called after each step with (step index, t reached, x).
+        callback: called after each step with (step index, t reached, x, clean estimate x_t - t * v).
     """
     scheduler = make_scheduler(steps, shift)
     x = noise
     for i, timestep in enumerate(scheduler.timesteps):
         sigma = scheduler.sigmas[i].to(x.device)
         v = velocity_fn(x, sigma.expand(x.shape[0]))
+        clean = x - sigma.to(x.dtype) * v
         x = scheduler.step(v, timestep, x).prev_sample.to(noise.dtype)
         if callback is not None:
-            callback(i, float(scheduler.sigmas[i + 1]), x)
+            callback(i, float(scheduler.sigmas[i + 1]), x, clean)
     return x
 
 

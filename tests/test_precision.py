@@ -66,3 +66,13 @@ def test_defaults_and_clear_errors(tiny_checkpoint):
             place(model, device="cuda")
     with pytest.raises(ValueError, match="not supported"):
         place(model, device="meta")
+
+
+def test_deferred_placement_quantizes_at_the_first_model_call(tiny_checkpoint, reference):
+    """ZeroGPU: bitsandbytes loads must happen inside the GPU function, i.e. at the first call."""
+    pipe = HydraPipeline.from_pretrained(tiny_checkpoint, device="cpu", precision="nf4", defer_placement=True)
+    assert type(pipe.model.vision.gen_vit.layers[0].mlp.fc1).__name__ == "Linear"
+    latent = pipe.encode(reference["image"])
+    assert type(pipe.model.vision.gen_vit.layers[0].mlp.fc1).__name__ == "Linear4bit"
+    assert pipe.precision == "nf4"
+    assert _relative_error(latent, reference["latent"]) < TOLERANCE["nf4"]

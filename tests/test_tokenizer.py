@@ -124,8 +124,8 @@ def test_flow_sampler_time_convention_and_callback():
     """Constant velocity v moves x by -v over t: 1 -> 0; the callback sees decreasing times ending at 0."""
     seen = []
     out = sample_flow(lambda x, t: torch.ones_like(x), torch.zeros(2, 4), steps=5,
-                      callback=lambda i, t, x: seen.append(t))
+                      callback=lambda i, t, x, clean: seen.append(t))
     assert torch.allclose(out, -torch.ones(2, 4))
-    assert seen == sorted(seen, reverse=True) and seen[-1] == 0.0 and len(seen) == 5
+    assert torch.allclose(torch.tensor(seen), torch.tensor([0.8, 0.6, 0.4, 0.2, 0.0]))  # evenly spaced
     with pytest.raises(ValueError, match="steps"):
         sample_flow(lambda x, t: x, torch.zeros(1, 1), steps=0)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -34,8 +35,8 @@ from . import data
 from .loop import LoopConfig, train
 from .stages import STAGES, configure_stage
 
-# Steps per stage at --scale 1 (about 70 minutes on 2 CPU cores).
-STEPS = {"teacher": 300, "text": 300, "tok1": 1200, "tok2": 200, "umm1": 300, "umm2": 900, "umm3": 500}
+# Steps per stage at --scale 1 (about 80 minutes on 2 otherwise idle CPU cores).
+STEPS = {"teacher": 300, "text": 300, "tok1": 800, "tok2": 150, "umm1": 250, "umm2": 700, "umm3": 400}
 BATCH = {"teacher": 64, "text": 64, "tok": 32, "umm": 32}
 PHOTO_FRACTION = 0.3
 
@@ -262,10 +263,20 @@ class Builder:
             print(f"[build] {stage} finished in {timings[stage]} s", flush=True)
         self.model.requires_grad_(False)
         save_pretrained(self.model, self.tokenizer, self.out, basis=basis)
-        record = self.work / "timings.json"
-        old = json.loads(record.read_text()) if record.is_file() else {}
-        record.write_text(json.dumps({k: old.get(k, 0) + v for k, v in timings.items()}, indent=2))
         return self.out
+
+    def evaluate_and_describe(self, limit: int, command: str) -> dict:
+        """Score the written checkpoint with the evaluation suite and write its model card."""
+        from ..eval.suites import evaluate, format_table
+        from ..pipeline import HydraPipeline
+        from .card import write_model_card
+
+        pipe = HydraPipeline.from_pretrained(self.out, device="cpu", precision="fp32")
+        results = evaluate(pipe, limit=limit, seed=self.seed)
+        results["checkpoint"] = str(self.out)
+        print(format_table(results), flush=True)
+        write_model_card(self.out, self.config, results, self.work, command)
+        return results
 
 
 def _split(batch: int, ratio: tuple[int, int, int]) -> tuple[int, int, int]:
@@ -282,7 +293,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--pool-size", type=int, default=6000, help="ShapesWorld scenes rendered for training")
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    parser.add_argument("--eval-limit", type=int, default=60, help="samples per evaluation suite for the model card")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    Builder(args.work, args.out, args.scale, args.seed, args.pool_size).build()
+    builder = Builder(args.work, args.out, args.scale, args.seed, args.pool_size)
+    builder.build()
+    builder.evaluate_and_describe(args.eval_limit, "python -m hydra_core.train " + " ".join(argv or sys.argv[1:]))

@@ -24,7 +24,7 @@ class LoopConfig:
     out: Path
     seed: int = 0
     warmup: int = 100
-    save_every: int = 250
+    save_every: int = 50
     log_every: int = 25
     grad_clip: float = 1.0
     weight_decay: float = 0.01
