@@ -13,8 +13,9 @@ import argparse
 import json
 import sys
 import time
-from dataclasses import replace
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -39,6 +40,14 @@ from .stages import STAGES, configure_stage
 STEPS = {"teacher": 300, "text": 300, "tok1": 800, "tok2": 150, "umm1": 250, "umm2": 700, "umm3": 400}
 BATCH = {"teacher": 64, "text": 64, "tok": 32, "umm": 32}
 PHOTO_FRACTION = 0.3
+
+
+@dataclass
+class StagePlan:
+    modules: dict[str, nn.Module]
+    groups: list[dict]
+    step_fn: Callable[[int], dict[str, torch.Tensor]]
+    extra_optimizers: list = field(default_factory=list)
 
 
 class Teacher(nn.Module):
@@ -103,9 +112,7 @@ class Builder:
         return torch.Generator().manual_seed(self.seed * 1_000_003 + step)
 
     # ------------------------------------------------------------------ stages
-    def stage_teacher(self) -> None:
-        if self._restore("teacher", self.teacher):
-            return
+    def plan_teacher(self) -> StagePlan:
         patch = self.config.tokenizer.patch_size
 
         def step_fn(step):
@@ -120,12 +127,9 @@ class Builder:
             return {"loss": token_loss + count_loss, "token_acc": acc.detach(), "count": count_loss.detach()}
 
         params = [{"params": list(self.teacher.parameters()), "lr": 1e-3}]
-        self._run("teacher", {"teacher": self.teacher}, params, step_fn)
-        self._finish("teacher", self.teacher)
+        return StagePlan({"teacher": self.teacher}, params, step_fn)
 
-    def stage_text(self) -> None:
-        if self._restore("text", self.model):
-            return
+    def plan_text(self) -> StagePlan:
         groups = configure_stage(self.model, STAGES["text"])
 
         def step_fn(step):
@@ -134,12 +138,9 @@ class Builder:
             loss = self.model.ntp_loss(b["input_ids"], b["attention_mask"], b["labels"], None)
             return {"loss": loss}
 
-        self._run("text", {"model": self.model}, groups, step_fn)
-        self._finish("text", self.model)
+        return StagePlan({"model": self.model}, groups, step_fn)
 
-    def stage_tok1(self) -> None:
-        if self._restore("tok1", self.model):
-            return
+    def plan_tok1(self) -> StagePlan:
         cfg = self.config.tokenizer
         vision = self.model.vision
         teacher = self.teacher.vit.eval().requires_grad_(False)
@@ -163,19 +164,15 @@ class Builder:
                      + cfg.distill_weight * losses["distill"] + cfg.perceptual_weight * losses.get("perceptual", 0))
             return {"loss": total, **{k: v.detach() for k, v in losses.items()}}
 
-        self._run("tok1", {"model": self.model}, groups, step_fn)
-        self._finish("tok1", self.model)
+        return StagePlan({"model": self.model}, groups, step_fn)
 
-    def stage_tok2(self) -> None:
-        if self._restore("tok2", self.model):
-            return
+    def plan_tok2(self) -> StagePlan:
         cfg = self.config.tokenizer
         vision = self.model.vision
         perceptual = perceptual_loss(cfg.perceptual)
         groups = configure_stage(self.model, STAGES["tok2"])
         disc = PatchDiscriminator()
         disc_opt = torch.optim.AdamW(disc.parameters(), lr=2e-4, betas=(0.5, 0.9))
-        shared = {}
 
         def step_fn(step):
             rng = data.step_rng(self.seed, step)
@@ -192,12 +189,10 @@ class Builder:
             g_loss = hinge_g_loss(disc(x_hat))
             perc = perceptual(x_hat, pixels) if perceptual is not None else torch.zeros(())
             total = cfg.flow_weight * flow + cfg.perceptual_weight * perc + cfg.gan_weight * g_loss
-            shared["d"] = d_loss.detach()
             return {"loss": total, "flow": flow.detach(), "perceptual": perc.detach(), "g": g_loss.detach(),
                     "d": d_loss.detach()}
 
-        self._run("tok2", {"model": self.model, "disc": disc}, groups, step_fn)
-        self._finish("tok2", self.model)
+        return StagePlan({"model": self.model, "disc": disc}, groups, step_fn, [(disc_opt, lambda step: None)])
 
     def measure_latents(self) -> PCABasis:
         """Latent statistics (for the flow's normalisation) and the latent panel's PCA basis."""
@@ -211,9 +206,7 @@ class Builder:
         self.model.config = self.config
         return PCABasis.fit(means.reshape(-1, means.shape[-1]).numpy())
 
-    def stage_umm(self, name: str) -> None:
-        if self._restore(name, self.model):
-            return
+    def plan_umm(self, name: str) -> StagePlan:
         stage = STAGES[name]
         groups = configure_stage(self.model, stage)
         n_text, n_und, n_gen = _split(BATCH["umm"], stage.data_ratio)
@@ -244,23 +237,30 @@ class Builder:
                 out["flow"] = flow.detach()
             return {"loss": total, **out}
 
-        self._run(name, {"model": model}, groups, step_fn)
-        self._finish(name, model)
+        return StagePlan({"model": model}, groups, step_fn)
+
+    def plan(self, stage: str) -> StagePlan:
+        return self.plan_umm(stage) if stage.startswith("umm") else getattr(self, f"plan_{stage}")()
+
+    def run_stage(self, stage: str) -> None:
+        """Train a stage (resuming its saved state), or restore its result if it is done."""
+        module = self.teacher if stage == "teacher" else self.model
+        if self._restore(stage, module):
+            return
+        plan = self.plan(stage)
+        self._run(stage, plan.modules, plan.groups, plan.step_fn, plan.extra_optimizers)
+        self._finish(stage, module)
 
     # ------------------------------------------------------------------ all
     def build(self) -> Path:
-        timings = {}
         basis = None
         for stage in ("teacher", "text", "tok1", "tok2", "latents", "umm1", "umm2", "umm3"):
             start = time.perf_counter()
             if stage == "latents":
                 basis = self.measure_latents()
-            elif stage.startswith("umm"):
-                self.stage_umm(stage)
             else:
-                getattr(self, f"stage_{stage}")()
-            timings[stage] = round(time.perf_counter() - start, 1)
-            print(f"[build] {stage} finished in {timings[stage]} s", flush=True)
+                self.run_stage(stage)
+            print(f"[build] {stage} finished in {time.perf_counter() - start:.1f} s", flush=True)
         self.model.requires_grad_(False)
         save_pretrained(self.model, self.tokenizer, self.out, basis=basis)
         return self.out
