@@ -720,6 +720,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--precision", default=env("HYDRA_PRECISION") or None,
                         choices=["fp32", "bf16", "fp16", "int8", "nf4"],
                         help="weights precision (env HYDRA_PRECISION; default: bf16/fp16 on CUDA, fp32 on CPU)")
+    parser.add_argument("--offload", action="store_true", default=_env_flag("HYDRA_OFFLOAD"),
+                        help="keep the LLM layers in CPU memory, streamed to the GPU per layer (env HYDRA_OFFLOAD=1)")
     parser.add_argument("--host", default=env("HYDRA_HOST") or env("GRADIO_SERVER_NAME") or "127.0.0.1",
                         help="address to listen on (env HYDRA_HOST or GRADIO_SERVER_NAME; default 127.0.0.1)")
     parser.add_argument("--port", type=int, default=int(env("HYDRA_PORT") or env("GRADIO_SERVER_PORT") or 7860),
@@ -741,7 +743,7 @@ def main(argv: list[str] | None = None) -> None:
     defer = spaces.config.Config.zero_gpu and args.precision in ("int8", "nf4")
     try:
         pipeline = HydraPipeline.from_pretrained(args.checkpoint, device=device, precision=args.precision,
-                                                 defer_placement=defer)
+                                                 defer_placement=defer, offload=args.offload)
     except (ValueError, OSError) as error:  # a bad flag, a missing checkpoint: say why, without a traceback
         raise SystemExit(f"hydra studio: {error}") from error
     build_demo(pipeline).launch(server_name=args.host, server_port=args.port, share=args.share, **launch_kwargs())

@@ -19,6 +19,7 @@ def main(argv: list[str] | None = None) -> int:
         p.add_argument("--checkpoint", default=None, help="folder or Hub id (default: bundled HYDRA-Tiny)")
         p.add_argument("--device", default=None)
         p.add_argument("--precision", default=None)
+        p.add_argument("--offload", action="store_true", help="stream the LLM layers from CPU memory")
 
     gen = sub.add_parser("generate", help="text to image")
     model_args(gen)
@@ -48,7 +49,8 @@ def main(argv: list[str] | None = None) -> int:
 
     from .pipeline import HydraPipeline
 
-    pipe = HydraPipeline.from_pretrained(args.checkpoint, device=args.device, precision=args.precision)
+    pipe = HydraPipeline.from_pretrained(args.checkpoint, device=args.device, precision=args.precision,
+                                         offload=args.offload)
     try:
         if args.command == "generate":
             out = pipe.generate(args.prompt, num_images=args.num_images, steps=args.steps, guidance=args.guidance,

@@ -100,15 +100,17 @@ class HydraPipeline:
         self.basis = basis
         self.name = name
         self.precision = precision
-        self._pending_placement: tuple[str | None, str | None] | None = None
+        self._pending_placement: tuple[str | None, str | None, bool] | None = None
         # Counted before any quantization (bitsandbytes packs two 4-bit weights per byte).
         self.num_parameters = sum(p.numel() for p in model.parameters())
 
     @classmethod
     def from_pretrained(cls, path_or_id: str | Path | None = None, device: str | None = None,
-                        precision: str | None = None, defer_placement: bool = False) -> "HydraPipeline":
+                        precision: str | None = None, defer_placement: bool = False,
+                        offload: bool = False) -> "HydraPipeline":
         """Load a checkpoint folder or Hub id (default: the bundled HYDRA-Tiny) onto a device.
 
+        offload: stream the LLM's layers from CPU memory (see precision.place).
         defer_placement: keep the float32 weights on the CPU and move / quantize them at the first
         model call. On ZeroGPU, CUDA exists only inside `@spaces.GPU` functions, so bitsandbytes
         loads must happen there (each call runs in a fresh worker, so each call places the model)."""
@@ -119,10 +121,10 @@ class HydraPipeline:
         name = str(path_or_id or "hydra-tiny (bundled)")
         if defer_placement:
             pipe = cls(ckpt.model, ckpt.tokenizer, ckpt.basis, name=name, precision=precision or "auto")
-            pipe._pending_placement = (device, precision)
+            pipe._pending_placement = (device, precision, offload)
             return pipe
         count = sum(p.numel() for p in ckpt.model.parameters())
-        model, precision = place(ckpt.model, device=device, precision=precision)
+        model, precision = place(ckpt.model, device=device, precision=precision, offload=offload)
         pipe = cls(model, ckpt.tokenizer, ckpt.basis, name=name, precision=precision)
         pipe.num_parameters = count
         return pipe
@@ -132,8 +134,8 @@ class HydraPipeline:
         if self._pending_placement is not None:
             from .precision import place
 
-            device, precision = self._pending_placement
-            self.model, self.precision = place(self.model, device=device, precision=precision)
+            device, precision, offload = self._pending_placement
+            self.model, self.precision = place(self.model, device=device, precision=precision, offload=offload)
             self._pending_placement = None
 
     # ------------------------------------------------------------------ properties

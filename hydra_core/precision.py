@@ -50,18 +50,36 @@ def check_precision(precision: str, device: torch.device) -> None:
         raise ValueError("this GPU does not support bf16; use fp16")
 
 
-def place(model: HydraModel, device: str | torch.device | None = None,
-          precision: str | None = None) -> tuple[HydraModel, str]:
-    """Move a float32 CPU model to `device` in `precision`; returns the model and the precision used."""
+def place(model: HydraModel, device: str | torch.device | None = None, precision: str | None = None,
+          offload: bool = False) -> tuple[HydraModel, str]:
+    """Move a float32 CPU model to `device` in `precision`; returns the model and the precision used.
+
+    offload: keep the LLM's decoder layers in CPU memory and stream each to `device` when it runs
+    (accelerate's cpu_offload hooks), for GPUs too small for the whole model; fp32/bf16/fp16 only."""
     device = resolve_device(device)
     precision = precision or default_precision(device)
     check_precision(precision, device)
+    if offload and precision not in DTYPES:
+        raise ValueError("offload works with fp32, bf16 or fp16; int8 / nf4 already shrink the weights")
     dtype = compute_dtype(precision, device)
     if precision not in DTYPES:
         from .quantize import quantize
 
         model = quantize(model, precision, device, dtype)
-    model = _cast_unquantized(model, dtype).to(device)
+    model = _cast_unquantized(model, dtype)
+    if offload:
+        from accelerate import cpu_offload
+
+        layers = model.llm.model.layers
+        for layer in layers:
+            layer.to("cpu")
+        model.llm.model.layers = torch.nn.ModuleList()  # move everything else, then put the layers back
+        model.to(device)
+        for layer in layers:
+            cpu_offload(layer, execution_device=device)
+        model.llm.model.layers = layers
+    else:
+        model = model.to(device)
     for name in KEEP_FP32:
         model.get_submodule(name).float()
     return model.eval(), precision

@@ -76,3 +76,16 @@ def test_deferred_placement_quantizes_at_the_first_model_call(tiny_checkpoint, r
     assert type(pipe.model.vision.gen_vit.layers[0].mlp.fc1).__name__ == "Linear4bit"
     assert pipe.precision == "nf4"
     assert _relative_error(latent, reference["latent"]) < TOLERANCE["nf4"]
+
+
+def test_offloaded_llm_layers_give_the_same_outputs(tiny_checkpoint, reference):
+    """accelerate's CPU-offload hooks on the LLM layers (here executing on the CPU itself)."""
+    pipe = HydraPipeline.from_pretrained(tiny_checkpoint, device="cpu", precision="fp32", offload=True)
+    assert hasattr(pipe.model.llm.model.layers[0], "_hf_hook")
+    with torch.no_grad():
+        logits = pipe.model.prefill(reference["ids"], torch.ones_like(reference["ids"])).last_logits
+    assert torch.allclose(logits, reference["logits"], atol=1e-5)
+    generated = pipe.generate("a photo of a red circle", steps=3, decoder_steps=2, seed=0).latents
+    assert torch.allclose(generated, reference["generated"], atol=1e-4)
+    with pytest.raises(ValueError, match="offload"):
+        place(load_pretrained(tiny_checkpoint).model, device="cpu", precision="nf4", offload=True)
