@@ -705,6 +705,20 @@ def build_demo(pipeline) -> gr.Blocks:
     return demo
 
 
+def serve_locally(pipeline) -> tuple[gr.Blocks, str]:
+    """Build the app and serve it on a free 127.0.0.1 port without blocking: (demo, url).
+    For tests and benchmarks; close with demo.close()."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    demo = build_demo(pipeline)
+    _, url, _ = demo.launch(prevent_thread_lock=True, server_name="127.0.0.1", server_port=port, quiet=True,
+                            **launch_kwargs())
+    return demo, url
+
+
 # ------------------------------------------------------------------ command line
 def _env_flag(name: str) -> bool:
     return os.environ.get(name, "").strip().lower() in {"1", "true", "yes", "on"}

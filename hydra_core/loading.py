@@ -41,16 +41,20 @@ def _tied(config: HydraConfig) -> bool:
 
 
 def save_pretrained(model: HydraModel, tokenizer: PreTrainedTokenizerFast, directory: str | Path,
-                    basis: PCABasis | None = None) -> Path:
+                    basis: PCABasis | None = None, dtype: torch.dtype | None = None) -> Path:
+    """Write the checkpoint folder. dtype: store floating weights in this dtype (e.g. float16 to halve
+    the file; loading upcasts to float32 before placement)."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     model.config.to_json_file(directory / CONFIG_NAME)
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
     if _tied(model.config):
         state.pop("llm.lm_head.weight", None)  # shares storage with the input embeddings
+    if dtype is not None:
+        state = {k: v.to(dtype) if v.is_floating_point() else v for k, v in state.items()}
     if basis is not None:
         state.update({VIZ_PREFIX + k: v for k, v in basis.to_tensors().items()})
-    save_file(state, directory / WEIGHTS_NAME, metadata={"format": "pt"})
+    save_file(state, directory / WEIGHTS_NAME, metadata={"format": "pt", "dtype": str(dtype or "as trained")})
     tokenizer.save_pretrained(directory)
     return directory
 

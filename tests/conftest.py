@@ -66,6 +66,20 @@ def tiny_pipeline(tiny_checkpoint):
 
 
 @pytest.fixture(scope="session")
+def served_app(tiny_pipeline, tmp_path_factory):
+    """(demo, url): the app around the tiny random pipeline on a free 127.0.0.1 port, for the API and
+    browser tests; closed at the end of the session."""
+    os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+    import app
+
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("GRADIO_EXAMPLES_CACHE", str(tmp_path_factory.mktemp("examples-cache")))
+        demo, url = app.serve_locally(tiny_pipeline)
+        yield demo, url
+        demo.close()
+
+
+@pytest.fixture(scope="session")
 def bundled_pipeline():
     if not (BUNDLED_CHECKPOINT / "model.safetensors").is_file():
         pytest.fail(f"the bundled checkpoint {BUNDLED_CHECKPOINT} is missing")

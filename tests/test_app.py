@@ -8,7 +8,6 @@ everywhere to stay fast on two busy CPU cores.
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -29,27 +28,9 @@ OTHER_EXAMPLE = ROOT / "assets" / "examples" / "shapes_1.png"
 FAST = {"steps": 2, "guidance": 3.0, "decoder_steps": 2}
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
-def served(tiny_pipeline, tmp_path_factory):
-    """(demo, url): the app on a free local port for this module; closed at the end."""
-    with pytest.MonkeyPatch.context() as env:
-        env.setenv("GRADIO_EXAMPLES_CACHE", str(tmp_path_factory.mktemp("examples-cache")))
-        demo = app.build_demo(tiny_pipeline)
-        _, url, _ = demo.queue(max_size=16).launch(prevent_thread_lock=True, server_name="127.0.0.1",
-                                                   server_port=free_port(), quiet=True, **app.launch_kwargs())
-        yield demo, url
-        demo.close()
-
-
-@pytest.fixture(scope="module")
-def client(served):
-    return Client(served[1], verbose=False)
+def client(served_app):
+    return Client(served_app[1], verbose=False)
 
 
 def generate(client: Client, seed: int, num_images: int = 1, **overrides):

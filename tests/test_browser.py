@@ -7,7 +7,6 @@ random-weight HYDRA, with 2 flow / decoder steps typed into the UI to stay fast.
 from __future__ import annotations
 
 import os
-import socket
 from pathlib import Path
 
 import pytest
@@ -30,21 +29,9 @@ CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networki
 TIMEOUT_MS = 60_000
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
-def url(tiny_pipeline, tmp_path_factory):
-    with pytest.MonkeyPatch.context() as env:
-        env.setenv("GRADIO_EXAMPLES_CACHE", str(tmp_path_factory.mktemp("examples-cache")))
-        demo = app.build_demo(tiny_pipeline)
-        _, local_url, _ = demo.queue(max_size=16).launch(prevent_thread_lock=True, server_name="127.0.0.1",
-                                                         server_port=free_port(), quiet=True, **app.launch_kwargs())
-        yield local_url
-        demo.close()
+def url(served_app):
+    return served_app[1]
 
 
 @pytest.fixture(scope="module")

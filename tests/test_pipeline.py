@@ -163,3 +163,13 @@ def test_info_command_counts_the_paper_presets():
     from hydra_core.info import report
 
     assert report(paper_7b())["parameters"]["llm"] == 7_615_616_512  # Qwen2.5-7B-Instruct
+
+
+def test_half_precision_files_load_as_float32(tiny_model, text_tokenizer, tmp_path):
+    from hydra_core.loading import save_pretrained
+
+    save_pretrained(tiny_model, text_tokenizer, tmp_path / "fp16", dtype=torch.float16)
+    loaded = load_pretrained(tmp_path / "fp16").model.state_dict()
+    for key, value in tiny_model.state_dict().items():
+        assert loaded[key].dtype == value.dtype
+        assert torch.equal(loaded[key], value.half().to(value.dtype))

@@ -262,7 +262,8 @@ class Builder:
                 self.run_stage(stage)
             print(f"[build] {stage} finished in {time.perf_counter() - start:.1f} s", flush=True)
         self.model.requires_grad_(False)
-        save_pretrained(self.model, self.tokenizer, self.out, basis=basis)
+        # float16 halves the file (the bundled checkpoint must stay under 60 MB); loading upcasts.
+        save_pretrained(self.model, self.tokenizer, self.out, basis=basis, dtype=torch.float16)
         return self.out
 
     def evaluate_and_describe(self, limit: int, command: str) -> dict:
