@@ -20,7 +20,7 @@ from typing import Callable
 import numpy as np
 import torch
 from accelerate import Accelerator
-from safetensors.torch import load_model, save_model
+from safetensors.torch import load_file, save_model
 from torch import nn
 from transformers import PreTrainedTokenizerFast
 
@@ -34,10 +34,11 @@ from ..unified import HydraModel
 from ..viz import PCABasis
 from . import data
 from .loop import LoopConfig, train
-from .stages import STAGES, configure_stage
+from .stages import STAGES, configure_stage, trains
 
 # Steps per stage at --scale 1 (about 80 minutes on 2 otherwise idle CPU cores).
 STEPS = {"teacher": 300, "text": 300, "tok1": 800, "tok2": 150, "umm1": 250, "umm2": 700, "umm3": 400}
+BUILD_ORDER = ("teacher", "text", "tok1", "tok2", "latents", "umm1", "umm2", "umm3")
 BATCH = {"teacher": 64, "text": 64, "tok": 32, "umm": 32}
 PHOTO_FRACTION = 0.3
 
@@ -103,9 +104,13 @@ class Builder:
         save_model(module, str(self._done(stage)))
 
     def _restore(self, stage: str, module: nn.Module) -> bool:
+        """Load what a finished stage trained (and only that, so stages compose in order)."""
         if not self._done(stage).is_file():
             return False
-        load_model(module, str(self._done(stage)))
+        state = load_file(self._done(stage))
+        if stage in STAGES:
+            state = {k: v for k, v in state.items() if trains(STAGES[stage], k)}
+        module.load_state_dict(state, strict=False)
         return True
 
     def _generator(self, step: int) -> torch.Generator:
@@ -252,15 +257,17 @@ class Builder:
         self._finish(stage, module)
 
     # ------------------------------------------------------------------ all
-    def build(self) -> Path:
+    def build(self, until: str | None = None) -> Path | None:
         basis = None
-        for stage in ("teacher", "text", "tok1", "tok2", "latents", "umm1", "umm2", "umm3"):
+        for stage in BUILD_ORDER:
             start = time.perf_counter()
             if stage == "latents":
                 basis = self.measure_latents()
             else:
                 self.run_stage(stage)
             print(f"[build] {stage} finished in {time.perf_counter() - start:.1f} s", flush=True)
+            if stage == until:
+                return None
         self.model.requires_grad_(False)
         # float16 halves the file (the bundled checkpoint must stay under 60 MB); loading upcasts.
         save_pretrained(self.model, self.tokenizer, self.out, basis=basis, dtype=torch.float16)
@@ -295,9 +302,18 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--pool-size", type=int, default=6000, help="ShapesWorld scenes rendered for training")
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     parser.add_argument("--eval-limit", type=int, default=60, help="samples per evaluation suite for the model card")
+    parser.add_argument("--steps", nargs="*", default=[], metavar="STAGE=N", help="override a stage's step count")
+    parser.add_argument("--until", choices=BUILD_ORDER, default=None,
+                        help="stop after this stage (no checkpoint); e.g. to run a stage in a second process")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
+    for item in args.steps:
+        stage, _, count = item.partition("=")
+        if stage not in STEPS or not count.isdigit():
+            parser.error(f"--steps takes STAGE=N with STAGE in {sorted(STEPS)}, got {item!r}")
+        STEPS[stage] = int(count)
     builder = Builder(args.work, args.out, args.scale, args.seed, args.pool_size)
-    builder.build()
+    if not builder.build(until=args.until):
+        return
     builder.evaluate_and_describe(args.eval_limit, "python -m hydra_core.train " + " ".join(argv or sys.argv[1:]))

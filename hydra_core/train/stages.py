@@ -57,6 +57,11 @@ def _group_of(name: str, groups: dict[str, float]) -> str | None:
     return best
 
 
+def trains(stage: Stage, name: str) -> bool:
+    """Whether the stage trains the parameter called `name`."""
+    return _group_of(name, stage.groups) is not None
+
+
 def configure_stage(model: nn.Module, stage: Stage) -> list[dict]:
     """Set requires_grad for the stage and return optimizer parameter groups."""
     params: dict[str, list] = {g: [] for g in stage.groups}
