@@ -7,13 +7,11 @@ model.safetensors under the prefix `viz.pca.`.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from accelerate import init_empty_weights
-from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from transformers import PreTrainedTokenizerFast
 
@@ -139,11 +137,3 @@ def load_pretrained(path_or_id: str | Path) -> Checkpoint:
     basis = PCABasis.from_tensors(basis_state) if basis_state else None
     return Checkpoint(model=model, tokenizer=tokenizer, basis=basis, path=path)
 
-
-def read_metadata(path: str | Path) -> dict[str, str]:
-    with safe_open(str(Path(path) / WEIGHTS_NAME), framework="pt") as f:
-        return f.metadata() or {}
-
-
-def read_config(path: str | Path) -> dict:
-    return json.loads((Path(path) / CONFIG_NAME).read_text())

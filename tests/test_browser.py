@@ -23,7 +23,6 @@ pytestmark = [
 
 from playwright.sync_api import Page, expect, sync_playwright  # noqa: E402
 
-import app  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 ARTIFACTS = ROOT / "test-artifacts"

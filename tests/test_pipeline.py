@@ -11,7 +11,6 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from hydra_core.loading import load_pretrained
-from hydra_core.pipeline import HydraPipeline
 
 
 def test_save_load_round_trip_is_exact(tiny_checkpoint, tiny_model):

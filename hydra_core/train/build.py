@@ -10,7 +10,6 @@ stage resumes from its last saved state, so the same command continues an interr
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from dataclasses import dataclass, field

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import DynamicCache, Qwen2ForCausalLM
 
-from ..config import IMG_PAD, NULL_TOKEN, PAD_TOKEN, HydraConfig
+from ..config import IMG_PAD, HydraConfig
 from ..sampling import sample_logit_normal
 from ..tokenizer import HydraTok
 from .flow_head import FlowHead
@@ -174,9 +174,3 @@ class HydraModel(nn.Module):
         prefix.next_position = prefix.next_position + 1
         prefix.last_logits = self.llm.lm_head(hidden[:, -1]).float()
         return prefix.last_logits
-
-    def null_token_id(self) -> int:
-        return self.token_id(NULL_TOKEN)
-
-    def pad_token_id(self) -> int:
-        return self.token_id(PAD_TOKEN)
