@@ -16,10 +16,17 @@ Layout of this file:
     build_demo(pipeline)        the Blocks: a status line and one builder per tab
     main()                      command line -> HydraPipeline.from_pretrained -> launch
 
-Importing this file loads no model (tests build the demo around a tiny random pipeline). Every
-`ValueError` from the pipeline becomes a `gr.Error`: the message shows, the inputs stay, the app
-keeps serving. Public endpoints: /generate, /reconstruct, /chat, /noise_probe, /interpolate; all
-model events share one queue slot (concurrency_id="model", limit 1).
+Importing this file loads no model (tests build the demo around a tiny random pipeline).
+
+Errors: image inputs reach the handlers as undecoded files and numbers as sent, so every check
+happens in one place (`hydra_core.pipeline.to_pil`, `check_number`, `check_text`, and `checked` here)
+with a message that names the parameter or the file, the same in the page and the API. Every handler
+is `@guarded`: a user mistake (ValueError) becomes a `gr.Error` that stays until dismissed and one log
+line; running out of GPU memory releases the cache and says so; any other fault is logged with its
+traceback and the user gets a plain message. After a failed event `settle` keeps every output's
+previous value (no bare "Error" badges) and the chat box is unlocked. Public endpoints: /generate,
+/reconstruct, /chat, /noise_probe, /interpolate; all model events share one queue slot
+(concurrency_id="model", limit 1, at most QUEUE_SIZE waiting; beyond that a caller is told the queue is full).
 """
 
 from __future__ import annotations
@@ -28,8 +35,13 @@ import spaces  # noqa: I001  (first: on ZeroGPU it must be imported before torch
 
 import argparse
 import contextlib
+import functools
+import gc
+import inspect
+import logging
 import os
 import random
+import re
 import shutil
 import tempfile
 import time
@@ -66,9 +78,27 @@ INTERPOLATION_ALPHAS = (0.0, 0.25, 0.5, 0.75, 1.0)
 TRAJECTORY_STRIP_FRAMES = 10
 EMPTY_REPLY = "*(the model ended its reply without any text)*"
 NO_CHAT_IMAGE = "No image in the conversation yet."
+NO_IMAGE_REPLY = ("There is no image in this conversation yet, so I cannot answer that. Attach one (the paper clip "
+                  "in the message box, or `image` through the API) and ask again.")
+# Questions about what an image shows; asked with no image in the conversation they get NO_IMAGE_REPLY.
+IMAGE_QUESTION = re.compile(r"\b(image|picture|photo|see|shown?|colou?rs?|shapes?|circles?|squares?|triangles?|"
+                            r"stars?|objects?|how many|is there|are there|left|right|above|below|this)\b", re.I)
 COMPARE_SOURCES = ("last generated", "last reconstructed", "upload")
 MODEL_QUEUE = {"concurrency_id": "model", "concurrency_limit": 1}
+QUEUE_SIZE = 16  # requests waiting for the model; more are answered "queue is full" at once
 FILE_MAX_AGE_S = 3600
+MAX_UPLOAD_MB = 20  # = hydra_core.pipeline.MAX_IMAGE_BYTES; Gradio refuses bigger uploads before they land
+IMAGE_LABEL = f"PNG, JPEG, WebP, GIF, BMP or TIFF; up to {MAX_UPLOAD_MB} MB"
+# Every number a user sends: (low, high, whole number?). The page's sliders are built from the same
+# ranges and the handlers check what arrives against them (the API can send anything).
+LIMITS = {
+    "num_images": (1, MAX_IMAGES, True), "steps": (1, 100, True), "guidance": (0.0, 15.0, False),
+    "decoder_steps": (1, 50, True), "seed": (0, MAX_SEED, True), "sigma": (0.0, 3.0, False),
+    "max_new_tokens": (1, 256, True), "temperature": (0.0, 2.0, False), "top_p": (0.05, 1.0, False),
+}
+OOM_MESSAGE = ("The GPU ran out of memory for this request. Its memory was released; try again, with fewer images "
+               "or steps if it happens again.")
+log = logging.getLogger("hydra_studio")
 
 CSS = """
 .pixelated img, .pixelated canvas { image-rendering: pixelated; }
@@ -79,18 +109,153 @@ CSS = """
 
 
 def launch_kwargs() -> dict[str, Any]:
-    """App-level look, passed to `demo.launch` (Gradio 6 moved theme/css there)."""
-    return {"theme": gr.themes.Soft(primary_hue="indigo", secondary_hue="emerald"), "css": CSS}
+    """App-level settings passed to `demo.launch`: the look (Gradio 6 moved theme/css there) and the
+    upload size limit."""
+    return {"theme": gr.themes.Soft(primary_hue="indigo", secondary_hue="emerald"), "css": CSS,
+            "max_file_size": f"{MAX_UPLOAD_MB}mb"}
+
+
+# ------------------------------------------------------------------ errors
+def user_error(message: str) -> gr.Error:
+    """A message for the user: it stays until dismissed; the log gets one line, not a traceback."""
+    return gr.Error(message, duration=None, print_exception=False)
+
+
+def release_memory() -> None:
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def _one_line(text: str) -> str:
+    return " ".join(str(text).split())[:300]
+
+
+def as_user_error(action: str, error: Exception) -> gr.Error:
+    """Any exception from a handler -> the gr.Error its user sees, logged once. Call inside `except`."""
+    if getattr(error, "hydra_logged", False):  # from a nested guarded handler: already logged
+        return error
+    if isinstance(error, gr.Error):
+        log.info("%s: refused: %s", action, _one_line(error.message))
+        return _logged(user_error(error.message))
+    if isinstance(error, ValueError):  # the pipeline's and `checked`'s messages for the user
+        log.info("%s: refused: %s", action, _one_line(error))
+        return _logged(user_error(str(error)))
+    if isinstance(error, torch.OutOfMemoryError):
+        release_memory()
+        log.warning("%s: out of memory, cache released: %s", action, _one_line(error))
+        return _logged(user_error(OOM_MESSAGE))
+    log.exception("%s failed", action)  # a real fault: the traceback goes to the log
+    return _logged(user_error(f"Something went wrong on the server during {action} ({type(error).__name__}). It has been "
+                      "logged; please try again."))
+
+
+def _logged(error: gr.Error) -> gr.Error:
+    error.hydra_logged = True
+    return error
+
+
+def guarded(action: str):
+    """Decorate an event handler (function or generator) so every failure reaches its user as a message."""
+    def decorate(fn):
+        if inspect.isgeneratorfunction(fn):
+            @functools.wraps(fn)
+            def stream(*args, **kwargs):
+                try:
+                    yield from fn(*args, **kwargs)
+                except Exception as error:
+                    raise as_user_error(action, error) from error
+            return stream
+
+        @functools.wraps(fn)
+        def call(*args, **kwargs):
+            try:
+                return fn(*args, **kwargs)
+            except Exception as error:
+                raise as_user_error(action, error) from error
+        return call
+    return decorate
+
+
+def checked(**values) -> list:
+    """Check numbers as sent (by the page or any API client) against LIMITS: -> the values as int / float,
+    in order, or ValueError naming the parameter and its range."""
+    from hydra_core.pipeline import check_number  # here: importing app.py loads no model code
+
+    return [check_number(name, value, *LIMITS[name]) for name, value in values.items()]
+
+
+def checked_flag(name: str, value) -> bool:
+    if isinstance(value, bool) or value in (0, 1):
+        return bool(value)
+    raise ValueError(f"{name} must be true or false, got {value!r:.40}")
+
+
+# ------------------------------------------------------------------ input components
+@contextlib.contextmanager
+def _no_stub_files() -> Iterator[None]:
+    """Gradio writes a .pyi stub beside the module of every Component subclass; not for these."""
+    from gradio import component_meta
+
+    write = component_meta.create_or_modify_pyi
+    component_meta.create_or_modify_pyi = lambda *args, **kwargs: None
+    try:
+        yield
+    finally:
+        component_meta.create_or_modify_pyi = write
+
+
+with _no_stub_files():
+    class ImageInput(gr.Image):
+        """gr.Image that hands its handler the uploaded file's path, undecoded (Gradio's own decoding turns a
+        damaged file into a generic error): `hydra_core.pipeline.to_pil` decodes it, with a message that
+        names the problem."""
+
+        is_template = True  # the page shows it as a gr.Image; build it with image_input()
+
+        def preprocess(self, payload):
+            if payload is None:
+                return None
+            if not payload.path:
+                raise user_error("The image arrived without its file; upload it again.")
+            return payload.path
+
+    class SliderInput(gr.Slider):
+        """gr.Slider whose value reaches the handler as sent, to be checked there with a named message
+        (Gradio's own check says only "Value 500 is greater than maximum value 100")."""
+
+        is_template = True
+
+        def preprocess(self, payload):
+            return payload
+
+    class NumberInput(gr.Number):
+        """gr.Number passing its value as sent, like SliderInput."""
+
+        is_template = True
+
+        def preprocess(self, payload):
+            return payload
+
+
+def image_input(label: str, **kwargs) -> ImageInput:
+    return ImageInput(label=label, type="filepath", image_mode=None, **kwargs)
+
+
+def number_slider(name: str, value: float, step: float, label: str, **kwargs) -> SliderInput:
+    low, high, _ = LIMITS[name]
+    return SliderInput(low, high, value=value, step=step, label=label, **kwargs)
+
+
+def seed_box(label: str, **kwargs) -> NumberInput:
+    return NumberInput(0, label=label, precision=0, minimum=0, maximum=MAX_SEED, **kwargs)
+
+
+def needs_image(text: str) -> bool:
+    return bool(IMAGE_QUESTION.search(text or ""))
 
 
 # ------------------------------------------------------------------ UI glue
-@contextlib.contextmanager
-def user_errors() -> Iterator[None]:
-    """The pipeline's ValueErrors are messages for the user: show them, keep serving."""
-    try:
-        yield
-    except ValueError as error:
-        raise gr.Error(str(error)) from error
 
 
 def _is_image_file(file: dict) -> bool:
@@ -290,18 +455,19 @@ class Handlers:
                 f"**last request** {last}")
 
     # ---------------------------------------------------------- Generate
+    @guarded("generate")
     def generate(self, prompt: str, num_images: int, steps: int, guidance: float, seed: int,
                  randomize_seed: bool, decoder_steps: int, progress=gr.Progress()):
         """-> gallery of (image, "seed k"), the base seed used, run details, generation state."""
-        seed = random.randint(0, MAX_SEED) if randomize_seed else int(seed)
+        num_images, steps, guidance, decoder_steps = checked(num_images=num_images, steps=steps, guidance=guidance,
+                                                             decoder_steps=decoder_steps)
+        seed = random.randint(0, MAX_SEED) if checked_flag("randomize_seed", randomize_seed) else checked(seed=seed)[0]
         start = time.perf_counter()
-        with user_errors():
-            out = self.device.generate(prompt, int(num_images), int(steps), float(guidance), seed,
-                                       int(decoder_steps), progress)
+        out = self.device.generate(prompt, num_images, steps, guidance, seed, decoder_steps, progress)
         self.record("generate", time.perf_counter() - start)
         gallery = [(image, f"seed {s}") for image, s in zip(out.images, out.seeds)]
-        details = {"prompt": prompt, "seeds": out.seeds, "steps": int(steps), "guidance": float(guidance),
-                   "decoder_steps": int(decoder_steps), "seconds": round(out.seconds, 3)}
+        details = {"prompt": prompt, "seeds": out.seeds, "steps": steps, "guidance": guidance,
+                   "decoder_steps": decoder_steps, "seconds": round(out.seconds, 3)}
         state = {"images": out.images, "latents": out.latents, "seeds": out.seeds, "details": details,
                  "trajectory": torch.stack([step["latent"] for step in out.trajectory]),  # [S, B, N, C]
                  "x0": torch.stack([step["x0"] for step in out.trajectory]),  # clean estimates [S, B, N, C]
@@ -313,6 +479,7 @@ class Handlers:
                                                   decoder_steps, progress=None)
         return gallery, seed, details
 
+    @guarded("showing the generated latent")
     def show_generated(self, state: dict | None, index: int = 0) -> list:
         """-> selected index, latent panel, trajectory view (at the last step) for image `index`."""
         if not state:
@@ -324,6 +491,7 @@ class Handlers:
         last = state["trajectory"].shape[0]
         return [index, *panel, *self.trajectory_view(state, index, last, state["images"][index])]
 
+    @guarded("selecting an image")
     def select_image(self, state: dict | None, gallery: list | None, evt: gr.SelectData) -> list:
         index = int(evt.index)
         if state and index < len(state["seeds"]):
@@ -341,6 +509,12 @@ class Handlers:
         return [gr.Slider(minimum=1, maximum=2, value=1, interactive=False), None, None, None,
                 "Generate an image to scrub through its flow steps."]
 
+    @staticmethod
+    def trajectory_slider(step: int, total: int) -> gr.Slider:
+        if total == 1:  # a slider needs minimum < maximum: show 0 (the noise) .. 1, fixed at the one step
+            return gr.Slider(minimum=0, maximum=1, value=1, interactive=False)
+        return gr.Slider(minimum=1, maximum=total, value=step, interactive=True)
+
     def trajectory_view(self, state: dict, index: int, step: int, preview: Image.Image) -> list:
         """-> slider, strip of PCA pictures along the flow, PCA at `step`, decoded preview, caption."""
         trajectory = state["trajectory"][:, index]  # [S, N, C]
@@ -353,14 +527,17 @@ class Handlers:
         caption = (f"Image {index + 1} (seed {state['seeds'][index]}) · step {step}/{total} · "
                    f"t = {state['t'][step - 1]:.3f} (1 = noise) · strip: steps "
                    f"{', '.join(str(k + 1) for k in frames)} · preview: {preview_text}")
-        return [gr.Slider(minimum=1, maximum=total, value=step, interactive=total > 1), strip,
-                viz.pca_rgb(trajectory[step - 1], basis), preview, caption]
+        return [self.trajectory_slider(step, total), strip, viz.pca_rgb(trajectory[step - 1], basis), preview, caption]
 
+    @guarded("the trajectory preview")
     def trajectory_step(self, state: dict | None, index: int, step: int) -> list:
         if not state:
             return self.trajectory_empty()[1:]
-        step = int(step)
-        if step == state["trajectory"].shape[0]:  # the last step's latent is the generated one
+        from hydra_core.pipeline import check_number
+
+        total = state["trajectory"].shape[0]
+        step = check_number("the flow step", step, 1, total, integer=True)
+        if step == total:  # the last step's latent is the generated one
             return self.trajectory_view(state, index, step, state["images"][index])[1:]
         start = time.perf_counter()
         latent = state["x0"][step - 1, index]  # [N, C]: x_t - t * v, what the step aims at
@@ -369,99 +546,135 @@ class Handlers:
         return self.trajectory_view(state, index, step, preview)[1:]
 
     # ---------------------------------------------------------- Reconstruct
-    def reconstruct(self, image: Image.Image | None, decoder_steps: int, seed: int):
+    @guarded("reconstruct")
+    def reconstruct(self, image: str | None, decoder_steps: int, seed: int):
         """-> model-sized original, reconstruction, error map, PSNR, SSIM, reconstruction state."""
+        decoder_steps, seed = checked(decoder_steps=decoder_steps, seed=seed)
         if image is None:
-            raise gr.Error("Upload, paste or pick an image first.")
-        with user_errors():
-            out = self.device.reconstruct(image, int(decoder_steps), int(seed))
+            raise user_error("Upload, paste or pick an image first.")
+        out = self.device.reconstruct(image, decoder_steps, seed)
         self.record("reconstruct", out.seconds)
         error = viz.error_map(np.asarray(out.original), np.asarray(out.reconstruction))
         state = {"latent": out.latent, "original": out.original, "psnr": out.psnr, "ssim": out.ssim}
         return out.original, out.reconstruction, error, out.psnr, out.ssim, state
 
+    @guarded("showing the reconstruction's latent")
     def show_reconstruction(self, state: dict | None) -> list:
         if not state:
             return LatentPanel.empty("Reconstruct an image to see its latent.")
         return self.panel(state["latent"], f"Latent of the input (PSNR {state['psnr']:.2f} dB, SSIM "
                           f"{state['ssim']:.3f})", "hydra_reconstruct_latent", source="reconstruct")
 
-    def noise_probe(self, image: Image.Image | None, sigma: float, decoder_steps: int, seed: int):
+    @guarded("the noise probe")
+    def noise_probe(self, image: str | None, sigma: float, decoder_steps: int, seed: int):
         """Add N(0, σ²) noise to the image's latent and decode it: -> decoded, noisy latent PCA, info."""
+        sigma, decoder_steps, seed = checked(sigma=sigma, decoder_steps=decoder_steps, seed=seed)
         if image is None:
-            raise gr.Error("Upload, paste or pick an image first.")
+            raise user_error("Upload, paste or pick an image first.")
         start = time.perf_counter()
-        with user_errors():
-            latent, noisy, decoded = self.device.noise_probe(image, float(sigma), int(decoder_steps), int(seed))
+        latent, noisy, decoded = self.device.noise_probe(image, sigma, decoder_steps, seed)
         self.record("noise probe", time.perf_counter() - start)
         ratio = float((noisy - latent).norm() / latent.norm().clamp_min(1e-12))
         info = (f"σ = {sigma:.2f}: ‖noise‖ / ‖latent‖ = {ratio:.2f} (latent std {latent.std():.3f}). "
                 "Left: the decoded noisy latent; right: its PCA picture in the same basis.")
         return decoded, viz.pca_rgb(noisy, self.basis_for(latent)), info
 
-    def interpolate(self, image_a: Image.Image | None, image_b: Image.Image | None, decoder_steps: int,
-                    seed: int):
+    @guarded("interpolate")
+    def interpolate(self, image_a: str | None, image_b: str | None, decoder_steps: int, seed: int):
         """Decode (1 − α)·a + α·b in GSB space: -> gallery over α, PCA strip of the mixed latents."""
+        decoder_steps, seed = checked(decoder_steps=decoder_steps, seed=seed)
         if image_a is None or image_b is None:
-            raise gr.Error("Interpolation needs two images: the main input and a second image.")
+            raise user_error("Interpolation needs two images: the main input and a second image.")
         start = time.perf_counter()
-        with user_errors():
-            mix, decoded = self.device.interpolate(image_a, image_b, INTERPOLATION_ALPHAS, int(decoder_steps),
-                                                   int(seed))
+        mix, decoded = self.device.interpolate(image_a, image_b, INTERPOLATION_ALPHAS, decoder_steps, seed)
         self.record("interpolate", time.perf_counter() - start)
         gallery = [(image, f"α = {alpha:.2f}") for image, alpha in zip(decoded, INTERPOLATION_ALPHAS)]
         return gallery, viz.trajectory_strip(list(mix), self.basis_for(mix), display=96)
 
     # ---------------------------------------------------------- Chat
-    @staticmethod
-    def add_user_message(message: dict | None, history: list | None):
-        message = message or {}
-        text = (message.get("text") or "").strip()
-        images = list(message.get("files") or [])
-        if not text and not images:
-            raise gr.Error("Type a message or attach an image.")
-        content = [{"path": path} for path in images] + ([text] if text else [])
-        history = (history or []) + [{"role": "user", "content": content}]
-        return gr.MultimodalTextbox(value=None, interactive=False), history
+    @guarded("chat")
+    def add_user_message(self, message: dict | None, history: list | None):
+        """The user's turn -> (message box, conversation). Its text is checked first (a problem leaves the
+        box as it was, for editing); then its images are decoded: the turn goes into the conversation
+        without any image that cannot be read, and the message says why (the model is not asked)."""
+        from hydra_core.pipeline import MAX_MESSAGE_CHARS, check_text, to_pil
+
+        message = message if isinstance(message, dict) else {}
+        text = message.get("text") or ""
+        files = [f if isinstance(f, str) else (f or {}).get("path") for f in message.get("files") or []]
+        if not text.strip() and not files:
+            raise user_error("Type a message or attach an image.")
+        if text.strip():
+            text = check_text("the message", text.strip(), MAX_MESSAGE_CHARS)
+        good, problems = [], []
+        for path in files:
+            try:
+                to_pil(path)
+                good.append(path)
+            except ValueError as error:
+                problems.append(str(error))
+        content = [{"path": path} for path in good] + ([text] if text.strip() else [])
+        history = list(history or [])
+        if problems:
+            if content:
+                history.append({"role": "user", "content": content})
+            yield gr.MultimodalTextbox(value=None, interactive=True), history
+            raise ValueError("; ".join(problems) + (". Your message is kept in the conversation without it; "
+                             "attach a readable image and ask again." if content else "."))
+        yield gr.MultimodalTextbox(value=None, interactive=False), history + [{"role": "user", "content": content}]
 
     def stream_reply(self, messages: list[dict], max_new_tokens, temperature, top_p, seed) -> Iterator[str]:
-        """The growing reply text."""
+        """The growing reply text. A question about an image, with none in the conversation, is answered
+        NO_IMAGE_REPLY without asking the model (a small model would otherwise guess)."""
+        max_new_tokens, temperature, top_p, seed = checked(max_new_tokens=max_new_tokens, temperature=temperature,
+                                                           top_p=top_p, seed=seed)
+        has_image = any(part["type"] == "image" for m in messages for part in m["content"])
+        question = " ".join(part.get("text", "") for part in (messages[-1]["content"] if messages else [])
+                            if part["type"] == "text")
+        if not has_image and needs_image(question):
+            yield NO_IMAGE_REPLY
+            return
         reply = ""
         start = time.perf_counter()
-        try:
-            for piece in self.device.chat(messages, int(max_new_tokens), float(temperature), float(top_p),
-                                          int(seed)):
-                reply += piece
-                yield reply
-        except ValueError as error:
-            raise gr.Error(str(error)) from error
+        for piece in self.device.chat(messages, max_new_tokens, temperature, top_p, seed):
+            reply += piece
+            yield reply
         self.record("chat", time.perf_counter() - start)
 
+    @guarded("chat")
     def chat_stream(self, history: list, max_new_tokens: int, temperature: float, top_p: float, seed: int):
-        """UI chat: the conversation with the assistant's reply growing at its end."""
+        """UI chat: the conversation with the assistant's reply growing at its end. On a failure the
+        conversation keeps the user's turn (and any partial reply) and the error is raised after it."""
         messages = history_to_messages(history)
         history = history + [{"role": "assistant", "content": EMPTY_REPLY}]  # shown if no text ever comes
-        for reply in self.stream_reply(messages, max_new_tokens, temperature, top_p, seed):
-            history[-1]["content"] = reply
-            yield history
+        try:
+            for reply in self.stream_reply(messages, max_new_tokens, temperature, top_p, seed):
+                history[-1]["content"] = reply
+                yield history
+        except Exception:
+            yield history[:-1] if history[-1]["content"] == EMPTY_REPLY else history
+            raise
         yield history
 
+    @guarded("showing the chat image's latent")
     def chat_panel(self, history: list | None) -> list:
         path = latest_image(history or [])
         if path is None:
             return LatentPanel.empty(NO_CHAT_IMAGE)
-        with user_errors():
-            latent = self.device.encode(path)[0]
+        latent = self.device.encode(path)[0]
         return self.panel(latent, f"Latent of the most recent image ({Path(path).name})",
                           "hydra_chat_image_latent", source="chat", image=Path(path).name)
 
+    @guarded("chat")
     def chat(self, message: str = "", image: str | None = None, max_new_tokens: int = 64,
              temperature: float = 0.0, top_p: float = 1.0, seed: int = 0):
         """One user turn (text and/or an image) -> the assistant's reply, streamed."""
+        if message is not None and not isinstance(message, str):
+            raise ValueError(f"message must be text, got {type(message).__name__}")
         content = ([{"type": "image", "image": image}] if image else []) + (
             [{"type": "text", "text": message}] if (message or "").strip() else [])
         if not content:
-            raise gr.Error("Send a message, an image, or both.")
+            raise user_error("Send a message, an image, or both.")
         reply = ""
         for reply in self.stream_reply([{"role": "user", "content": content}], max_new_tokens, temperature,
                                        top_p, seed):
@@ -473,28 +686,30 @@ class Handlers:
         return [[], gr.MultimodalTextbox(value=None, interactive=True), *LatentPanel.empty(NO_CHAT_IMAGE)]
 
     # ---------------------------------------------------------- Compare
-    def compare_source(self, source: str, upload: Image.Image | None, gen: dict | None, index: int,
+    def compare_source(self, source: str, upload: str | None, gen: dict | None, index: int,
                        rec: dict | None, side: str) -> tuple[Image.Image, torch.Tensor, str]:
         """-> (image, latent [N, C], description) for one side of the comparison."""
         if source == "last generated":
             if not gen:
-                raise gr.Error(f"{side}: nothing generated yet in this session (Generate tab).")
+                raise user_error(f"{side}: nothing generated yet in this session (Generate tab).")
             return gen["images"][index], gen["latents"][index], f"generated (seed {gen['seeds'][index]})"
         if source == "last reconstructed":
             if not rec:
-                raise gr.Error(f"{side}: nothing reconstructed yet in this session (Reconstruct tab).")
+                raise user_error(f"{side}: nothing reconstructed yet in this session (Reconstruct tab).")
             return rec["original"], rec["latent"], "last reconstructed input"
         if upload is None:
-            raise gr.Error(f"{side}: upload an image.")
-        with user_errors():
-            return upload, self.device.encode(upload)[0], "uploaded image"
+            raise user_error(f"{side}: upload an image.")
+        from hydra_core.pipeline import to_pil
 
+        image = to_pil(upload)
+        return image, self.device.encode(image)[0], "uploaded image"
+
+    @guarded("compare")
     def compare(self, source_a, upload_a, source_b, upload_b, gen, index, rec):
         """-> image a, image b, PCA(a) | PCA(b) | distance picture, stats table."""
         image_a, latent_a, name_a = self.compare_source(source_a, upload_a, gen, index, rec, "a")
         image_b, latent_b, name_b = self.compare_source(source_b, upload_b, gen, index, rec, "b")
-        with user_errors():
-            picture, stats = viz.compare_panel(latent_a, latent_b, self.basis_for(latent_a))
+        picture, stats = viz.compare_panel(latent_a, latent_b, self.basis_for(latent_a))
         table = ("| a | b | cosine (mean over tokens) | L2 distance (mean) | MSE |\n|---|---|---|---|---|\n"
                  f"| {name_a} | {name_b} | {stats['cosine_mean']:.3f} | {stats['l2_mean']:.3f} | "
                  f"{stats['mse']:.4f} |")
@@ -506,22 +721,28 @@ PIXELS = {"type": "pil", "interactive": False, "height": 260, "format": "png", "
 Refresh = Callable[[Any], Any]
 
 
+def settle(event, outputs: list):
+    """After `event` fails, keep each output's previous value and clear its "Error" badge; the message
+    itself stays in its pop-up until dismissed."""
+    event.failure(lambda: gr.skip(), None, outputs, queue=False, show_progress="hidden", api_visibility="private")
+    return event
+
+
 def _generate_tab(h: Handlers, states: SimpleNamespace, refresh: Refresh) -> None:
     config = h.pipe.config
     with gr.Row():
         with gr.Column(scale=2, min_width=300):
-            prompt = gr.Textbox(label="Prompt", lines=2, max_lines=4, max_length=500,
-                                placeholder=PROMPT_EXAMPLES[0], elem_id="prompt")
-            num_images = gr.Slider(1, MAX_IMAGES, value=2, step=1, label="Number of images")
+            # No max_length: the page would cut a long prompt silently; the pipeline says it is too long.
+            prompt = gr.Textbox(label="Prompt", lines=2, max_lines=4, placeholder=PROMPT_EXAMPLES[0], elem_id="prompt")
+            num_images = number_slider("num_images", 2, 1, "Number of images")
             button = gr.Button("Generate", variant="primary", elem_id="generate-button")
             with gr.Accordion("Advanced settings", open=False):
-                steps = gr.Slider(1, 100, value=config.default_steps, step=1, label="Flow steps", elem_id="steps")
-                guidance = gr.Slider(0.0, 15.0, value=config.default_guidance, step=0.1,
-                                     label="Guidance (classifier-free; 1 = off)")
-                decoder_steps = gr.Slider(1, 50, value=config.tokenizer.decoder_steps, step=1,
-                                          label="Pixel decoder steps", elem_id="decoder-steps")
+                steps = number_slider("steps", config.default_steps, 1, "Flow steps", elem_id="steps")
+                guidance = number_slider("guidance", config.default_guidance, 0.1, "Guidance (classifier-free; 1 = off)")
+                decoder_steps = number_slider("decoder_steps", config.tokenizer.decoder_steps, 1, "Pixel decoder steps",
+                                       elem_id="decoder-steps")
                 with gr.Row():
-                    seed = gr.Number(0, label="Seed", precision=0, minimum=0, maximum=MAX_SEED)
+                    seed = seed_box("Seed", elem_id="seed")
                     randomize = gr.Checkbox(True, label="Randomize seed")
         with gr.Column(scale=3):
             gallery = gr.Gallery(label="Images", columns=2, height=420, format="png", object_fit="contain",
@@ -551,25 +772,27 @@ def _generate_tab(h: Handlers, states: SimpleNamespace, refresh: Refresh) -> Non
                   api_description="Text to 1-4 images; image k uses seed + k. randomize_seed defaults to True: "
                   "pass randomize_seed=False to use `seed`. Returns the gallery (captions 'seed k'), the base "
                   "seed used and the run details (seeds, steps, guidance, seconds).")
-    refresh(event.success(h.show_generated, [states.gen], selection, api_visibility="private"))
+    settle(event, [gallery, seed, details, states.gen])
+    refresh(settle(event.success(h.show_generated, [states.gen], selection, api_visibility="private"), selection))
     # A cached example fills the gallery without a generation state: clear the stale panel.
     examples.dataset.click(lambda: [None, *h.show_generated(None)], None, [states.gen, *selection], queue=False,
                            api_visibility="private")
-    gallery.select(h.select_image, [states.gen, gallery], selection, api_visibility="private", **MODEL_QUEUE)
-    refresh(slider.release(h.trajectory_step, [states.gen, states.index, slider], trajectory[1:],
-                           api_visibility="private", **MODEL_QUEUE))
+    settle(gallery.select(h.select_image, [states.gen, gallery], selection, api_visibility="private", **MODEL_QUEUE),
+           selection)
+    refresh(settle(slider.release(h.trajectory_step, [states.gen, states.index, slider], trajectory[1:],
+                                  api_visibility="private", **MODEL_QUEUE), trajectory[1:]))
 
 
 def _reconstruct_tab(h: Handlers, states: SimpleNamespace, refresh: Refresh) -> None:
     config = h.pipe.config
     with gr.Row():
         with gr.Column(scale=1, min_width=280):
-            image = gr.Image(label="Image", type="pil", sources=["upload", "clipboard"], height=260,
-                             elem_id="reconstruct-input")
+            image = image_input(label=f"Image ({IMAGE_LABEL})", sources=["upload", "clipboard"], height=260,
+                               elem_id="reconstruct-input")
             gr.Examples([[p] for p in example_images()], inputs=[image], label="Example images")
-            steps = gr.Slider(1, 50, value=config.tokenizer.decoder_steps, step=1, label="Pixel decoder steps",
-                              elem_id="reconstruct-steps")
-            seed = gr.Number(0, label="Decoder seed", precision=0, minimum=0, maximum=MAX_SEED)
+            steps = number_slider("decoder_steps", config.tokenizer.decoder_steps, 1, "Pixel decoder steps",
+                           elem_id="reconstruct-steps")
+            seed = seed_box("Decoder seed", elem_id="reconstruct-seed")
             button = gr.Button("Reconstruct", variant="primary", elem_id="reconstruct-button")
         with gr.Column(scale=2):
             with gr.Row(equal_height=True):
@@ -583,7 +806,7 @@ def _reconstruct_tab(h: Handlers, states: SimpleNamespace, refresh: Refresh) -> 
     with gr.Row():
         with gr.Column():
             with gr.Accordion("Noise probe: how robust is the latent?", open=True):
-                sigma = gr.Slider(0.0, 3.0, value=0.5, step=0.05, label="σ of Gaussian noise added to the latent")
+                sigma = number_slider("sigma", 0.5, 0.05, "σ of Gaussian noise added to the latent")
                 probe_button = gr.Button("Decode the noisy latent")
                 with gr.Row(equal_height=True):
                     probe_image = gr.Image(label="Decoded noisy latent", **PIXELS)
@@ -591,7 +814,8 @@ def _reconstruct_tab(h: Handlers, states: SimpleNamespace, refresh: Refresh) -> 
                 probe_info = gr.Markdown(label="info")
         with gr.Column():
             with gr.Accordion("Interpolate in GSB space", open=True):
-                second = gr.Image(label="Second image", type="pil", sources=["upload", "clipboard"], height=160)
+                second = image_input(label=f"Second image ({IMAGE_LABEL})", sources=["upload", "clipboard"], height=160,
+                                    elem_id="interpolate-second")
                 gr.Examples([[p] for p in example_images()], inputs=[second], label="Second image examples")
                 interp_button = gr.Button("Interpolate (α = 0 … 1)")
                 interp_gallery = gr.Gallery(label="Interpolation", columns=5, height=180, format="png",
@@ -599,18 +823,23 @@ def _reconstruct_tab(h: Handlers, states: SimpleNamespace, refresh: Refresh) -> 
                 interp_strip = gr.Image(label="Interpolated latents (PCA)", type="numpy", interactive=False,
                                         height=110, format="png", elem_classes="pixelated")
 
-    event = button.click(h.reconstruct, [image, steps, seed], [original, reconstruction, error, psnr, ssim, states.rec],
+    outputs = [original, reconstruction, error, psnr, ssim, states.rec]
+    event = button.click(h.reconstruct, [image, steps, seed], outputs,
                          api_name="reconstruct", **MODEL_QUEUE,
                          api_description="Image -> GSB latent -> pixel decoder. Returns the model-sized original, "
                          "the reconstruction, an error map, PSNR (dB) and SSIM.")
-    refresh(event.success(h.show_reconstruction, [states.rec], panel.outputs, api_visibility="private"))
-    refresh(gr.on([probe_button.click, sigma.release], h.noise_probe, inputs=[image, sigma, steps, seed],
-                  outputs=[probe_image, probe_pca, probe_info], api_name="noise_probe", **MODEL_QUEUE,
-                  api_description="Encode the image, add N(0, sigma^2) noise to its latent, decode it."))
-    refresh(interp_button.click(h.interpolate, [image, second, steps, seed], [interp_gallery, interp_strip],
-                                api_name="interpolate", **MODEL_QUEUE,
-                                api_description="Decode (1 - a) * latent(image_a) + a * latent(image_b) for a in "
-                                "0, 0.25, 0.5, 0.75, 1 (same decoder noise for all)."))
+    settle(event, outputs)
+    refresh(settle(event.success(h.show_reconstruction, [states.rec], panel.outputs, api_visibility="private"),
+                   panel.outputs))
+    probe = [probe_image, probe_pca, probe_info]
+    refresh(settle(gr.on([probe_button.click, sigma.release], h.noise_probe, inputs=[image, sigma, steps, seed],
+                         outputs=probe, api_name="noise_probe", **MODEL_QUEUE,
+                         api_description="Encode the image, add N(0, sigma^2) noise to its latent, decode it."), probe))
+    refresh(settle(interp_button.click(h.interpolate, [image, second, steps, seed], [interp_gallery, interp_strip],
+                                       api_name="interpolate", **MODEL_QUEUE,
+                                       api_description="Decode (1 - a) * latent(image_a) + a * latent(image_b) for "
+                                       "a in 0, 0.25, 0.5, 0.75, 1 (same decoder noise for all)."),
+                   [interp_gallery, interp_strip]))
 
 
 def _chat_tab(h: Handlers, refresh: Refresh) -> None:
@@ -619,7 +848,7 @@ def _chat_tab(h: Handlers, refresh: Refresh) -> None:
             chatbot = gr.Chatbot(label="Conversation", height=440, elem_id="chatbot",
                                  placeholder="Attach an image and ask about it.")
             textbox = gr.MultimodalTextbox(file_types=["image"], sources=["upload"], show_label=False,
-                                           placeholder="Type a message; attach or paste an image…",
+                                           placeholder=f"Type a message; attach or paste an image ({IMAGE_LABEL})…",
                                            elem_id="chat-input")
             with gr.Row():
                 stop = gr.Button("Stop", variant="stop", size="sm", elem_id="chat-stop")
@@ -627,27 +856,31 @@ def _chat_tab(h: Handlers, refresh: Refresh) -> None:
             gr.Examples([[{"text": text, "files": [str(EXAMPLES_DIR / name)]}] for name, text in CHAT_EXAMPLES
                          if (EXAMPLES_DIR / name).is_file()], inputs=[textbox], label="Examples")
             with gr.Accordion("Sampling", open=False):
-                max_new_tokens = gr.Slider(1, 256, value=64, step=1, label="Max new tokens")
-                temperature = gr.Slider(0.0, 2.0, value=0.0, step=0.05, label="Temperature (0 = greedy)")
-                top_p = gr.Slider(0.05, 1.0, value=1.0, step=0.05, label="Top-p")
-                seed = gr.Number(0, label="Sampling seed", precision=0, minimum=0, maximum=MAX_SEED)
+                max_new_tokens = number_slider("max_new_tokens", 64, 1, "Max new tokens")
+                temperature = number_slider("temperature", 0.0, 0.05, "Temperature (0 = greedy)")
+                top_p = number_slider("top_p", 1.0, 0.05, "Top-p")
+                seed = seed_box("Sampling seed")
         with gr.Column(scale=2):
             panel = latent_panel("Latent of the image under discussion", "chat-latent")
     # Inputs and output of the public /chat endpoint: a plain message + optional image, no history.
     api_message = gr.Textbox(label="message", visible=False)
-    api_image = gr.Image(label="image", type="filepath", visible=False)
+    api_image = image_input(label="image", visible=False)
     api_reply = gr.Textbox(label="reply", visible=False)
     api_trigger = gr.Button(visible=False)
 
     sampling = [max_new_tokens, temperature, top_p, seed]
-    submitted = textbox.submit(h.add_user_message, [textbox, chatbot], [textbox, chatbot], queue=False,
-                               api_visibility="private")
+    # A generator (so it is queued, outside the model's slot): on an unreadable image it shows the turn, then fails.
+    submitted = settle(textbox.submit(h.add_user_message, [textbox, chatbot], [textbox, chatbot],
+                                      api_visibility="private", concurrency_limit=None), [textbox, chatbot])
     streaming = submitted.success(h.chat_stream, [chatbot, *sampling], chatbot, api_visibility="private",
                                   **MODEL_QUEUE)
     enable = {"fn": lambda: gr.MultimodalTextbox(interactive=True), "inputs": None, "outputs": textbox,
               "queue": False, "api_visibility": "private"}
-    refresh(streaming.then(**enable).then(h.chat_panel, [chatbot], panel.outputs, api_visibility="private",
-                                          **MODEL_QUEUE))
+    # A failed reply: the conversation keeps what was last shown (the user's turn), the box unlocks.
+    streaming.failure(lambda: [gr.skip(), gr.MultimodalTextbox(interactive=True)], None, [chatbot, textbox],
+                      queue=False, show_progress="hidden", api_visibility="private")
+    refresh(settle(streaming.then(**enable).then(h.chat_panel, [chatbot], panel.outputs, api_visibility="private",
+                                                 **MODEL_QUEUE), panel.outputs))
     stop.click(cancels=[streaming], **enable)
     for clearing in (clear.click, chatbot.clear):  # the button and the chatbot's own trash icon
         clearing(h.clear_chat, None, [chatbot, textbox, *panel.outputs], queue=False, api_visibility="private",
@@ -663,10 +896,10 @@ def _compare_tab(h: Handlers, states: SimpleNamespace, refresh: Refresh) -> None
     with gr.Row():
         with gr.Column():
             source_a = gr.Radio(COMPARE_SOURCES, value="upload", label="Latent a from")
-            upload_a = gr.Image(label="Image a (for 'upload')", type="pil", height=200, elem_id="compare-a")
+            upload_a = image_input(label="Image a (for 'upload')", height=200, elem_id="compare-a")
         with gr.Column():
             source_b = gr.Radio(COMPARE_SOURCES, value="last generated", label="Latent b from")
-            upload_b = gr.Image(label="Image b (for 'upload')", type="pil", height=200, elem_id="compare-b")
+            upload_b = image_input(label="Image b (for 'upload')", height=200, elem_id="compare-b")
     gr.Examples([[p] for p in example_images()], inputs=[upload_a], label="Examples for image a")
     button = gr.Button("Compare", variant="primary", elem_id="compare-button")
     with gr.Row(equal_height=True):
@@ -675,8 +908,9 @@ def _compare_tab(h: Handlers, states: SimpleNamespace, refresh: Refresh) -> None
         picture = gr.Image(label="PCA(a) | PCA(b) | per-token distance", type="numpy", interactive=False,
                            height=200, format="png", scale=3, elem_id="compare-picture")
     stats = gr.Markdown(elem_id="compare-stats")
-    refresh(button.click(h.compare, [source_a, upload_a, source_b, upload_b, states.gen, states.index, states.rec],
-                         [shown_a, shown_b, picture, stats], api_visibility="private", **MODEL_QUEUE))
+    outputs = [shown_a, shown_b, picture, stats]
+    refresh(settle(button.click(h.compare, [source_a, upload_a, source_b, upload_b, states.gen, states.index,
+                                            states.rec], outputs, api_visibility="private", **MODEL_QUEUE), outputs))
 
 
 def build_demo(pipeline) -> gr.Blocks:
@@ -701,7 +935,8 @@ def build_demo(pipeline) -> gr.Blocks:
         with gr.Tab("Compare", id="compare"):
             _compare_tab(h, states, refresh)
         demo.load(h.status, None, status, queue=False, show_progress="hidden", api_visibility="private")
-    demo.queue(max_size=16)
+    demo.hydra = h  # for tests (e.g. a simulated out-of-memory error)
+    demo.queue(max_size=QUEUE_SIZE)
     return demo
 
 
@@ -747,6 +982,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     from hydra_core.pipeline import HydraPipeline  # the heavy imports, only when the app really starts
 
     device = None if args.device == "auto" else args.device

@@ -10,14 +10,17 @@ it equals a single-image run with that seed.
 
 from __future__ import annotations
 
+import math
 import time
+import unicodedata
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, ImageOps, UnidentifiedImageError
 from transformers import PreTrainedTokenizerFast
 from transformers.generation.logits_process import TemperatureLogitsWarper, TopPLogitsWarper
 
@@ -27,10 +30,15 @@ from .sampling import sample_flow
 from .text import expand_images, render_chat
 from .unified import HydraModel
 from .viz import PCABasis
+from .config import SPECIAL_TOKENS  # noqa: I001  (reserved in user text)
 
 BUNDLED_CHECKPOINT = Path(__file__).resolve().parent.parent / "assets" / "hydra-tiny"
 MAX_PROMPT_CHARS = 500
 MAX_IMAGES = 4
+MAX_STEPS = 200  # flow steps and decoder steps
+MAX_GUIDANCE = 30.0
+MAX_SEED = 2**62  # seed + k must stay a valid torch seed
+MAX_NEW_TOKENS = 1024
 
 ImageLike = Image.Image | np.ndarray | str | Path
 ProgressFn = Callable[[int, int], None]
@@ -57,27 +65,192 @@ class ReconstructionOutput:
     seconds: float = 0.0
 
 
-def to_pil(image: ImageLike) -> Image.Image:
-    if isinstance(image, (str, Path)):
-        path = Path(image)
-        if not path.is_file():
-            raise ValueError(f"image file {path} does not exist")
-        try:
+# ------------------------------------------------------------------ input checks
+# Every check raises ValueError with a message for the person who sent the input: it names the
+# parameter or the file (never a server path) and the accepted range.
+IMAGE_FORMATS = "PNG, JPEG, WebP, GIF, BMP or TIFF"
+MAX_IMAGE_BYTES = 20 * 2**20  # checked before any decoding
+MAX_IMAGE_PIXELS = 40_000_000  # checked from the header, before the pixels are decoded
+MIN_IMAGE_SIDE = 8
+MAX_ASPECT_RATIO = 10  # the model sees a centre square crop; beyond this it would see a sliver
+MAX_MESSAGE_CHARS = 2000
+ALLOWED_CONTROL = frozenset("\t\n\r")
+
+
+def check_number(name: str, value, low: float, high: float, integer: bool = False) -> int | float:
+    """A finite number in [low, high] (a whole number if `integer`) -> int or float; else ValueError."""
+    kind = "a whole number" if integer else "a number"
+
+    def show(x: float) -> str:
+        if isinstance(x, int):
+            digits = str(x)
+            return digits if len(digits) <= 20 else f"{digits[:4]}... ({len(digits)} digits)"
+        return str(int(x)) if x.is_integer() and abs(x) < 1e16 else f"{x:g}"
+
+    span = f"from {show(low)} to {show(high)}"
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+        if isinstance(value, str):
+            try:
+                value = float(value.strip())
+            except ValueError:
+                raise ValueError(f"{name} must be {kind} {span}, got the text "
+                                 f"{value[:40]!r}") from None
+        else:
+            raise ValueError(f"{name} must be {kind} {span}, got {'nothing' if value is None else type(value).__name__}")
+    value = float(value) if isinstance(value, (float, np.floating)) else int(value)
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ValueError(f"{name} must be {kind} {span}, got {value}")
+    if integer and value != int(value):
+        raise ValueError(f"{name} must be a whole number {span}, got {show(value)}")
+    if not low <= value <= high:
+        raise ValueError(f"{name} must be {kind} {span}, got {show(value)}")
+    return int(value) if integer else float(value)
+
+
+def check_text(name: str, text, max_chars: int) -> str:
+    """Non-empty text of at most `max_chars` characters without control characters (tab and newlines
+    allowed), lone surrogates or the model's reserved tokens -> the text; else ValueError."""
+    if not isinstance(text, str):
+        raise ValueError(f"{name} must be text, got {type(text).__name__}")
+    if not text.strip():
+        raise ValueError(f"{name} is empty" if not text else f"{name} is empty (only whitespace)")
+    if len(text) > max_chars:
+        raise ValueError(f"{name} has {len(text):,} characters; at most {max_chars:,} are accepted "
+                         "(nothing was cut: shorten it and send again)")
+    for char in text:
+        category = unicodedata.category(char)
+        if category == "Cc" and char not in ALLOWED_CONTROL:
+            raise ValueError(f"{name} contains the control character U+{ord(char):04X}; remove it")
+        if category == "Cs":
+            raise ValueError(f"{name} contains invalid Unicode (a lone surrogate U+{ord(char):04X})")
+    for token in SPECIAL_TOKENS:
+        if token in text:
+            raise ValueError(f"{name} contains {token}, which is reserved for the model's own use; remove it")
+    return text
+
+
+def _file_name(path: Path) -> str:
+    """The name to show for a file: its own name, never the folder it sits in on the server."""
+    name = path.name
+    return repr(name if len(name) <= 60 else name[:57] + "...")
+
+
+def _open_image_file(path: Path) -> Image.Image:
+    """Open and decode an image file with every check that can be made before decoding first."""
+    name = _file_name(path)
+    if not path.is_file():
+        raise ValueError(f"the image file {name} does not exist")
+    size = path.stat().st_size
+    if size == 0:
+        raise ValueError(f"{name} is empty (0 bytes); upload an image file ({IMAGE_FORMATS})")
+    if size > MAX_IMAGE_BYTES:
+        raise ValueError(f"{name} is {size / 2**20:.1f} MB; images up to {MAX_IMAGE_BYTES // 2**20} MB are accepted")
+    with path.open("rb") as file:
+        head = file.read(1024).lstrip().lower()
+    if path.suffix.lower() in (".svg", ".svgz") or head.startswith(b"<svg") or (
+            head.startswith(b"<?xml") and b"<svg" in head):
+        raise ValueError(f"{name} is an SVG (vector) image, which this app cannot read; export it as {IMAGE_FORMATS}")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
             image = Image.open(path)
-            image.load()
-        except Exception as error:  # PIL raises several types for unreadable files
-            raise ValueError(f"{path.name} is not an image PIL can read ({error})") from error
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise ValueError(f"{name} declares more than {MAX_IMAGE_PIXELS / 1e6:.0f} megapixels (a decompression "
+                         "bomb?); it was not decoded") from None
+    except UnidentifiedImageError:
+        raise ValueError(f"{name} is not an image file this app can read ({IMAGE_FORMATS})") from None
+    except Exception:  # PIL raises many types for damaged headers
+        raise ValueError(f"{name} is damaged: its image header cannot be read") from None
+    with image:
+        width, height = image.size
+        if width * height > MAX_IMAGE_PIXELS:
+            raise ValueError(f"{name} is {width}x{height} pixels ({width * height / 1e6:.0f} megapixels); at most "
+                             f"{MAX_IMAGE_PIXELS / 1e6:.0f} megapixels are accepted (it was not decoded)")
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # e.g. a palette image with transparency in bytes
+                image.seek(0)  # an animation: its first frame
+                image.load()
+                return _upright(image)
+        except OSError as error:
+            if "truncated" in str(error):
+                raise ValueError(f"{name} is truncated: the file ends before its image data does") from None
+            raise ValueError(f"{name} is damaged: its image data cannot be decoded") from None
+        except Exception:
+            raise ValueError(f"{name} is damaged: its image data cannot be decoded") from None
+
+
+def _upright(image: Image.Image) -> Image.Image:
+    """Apply the EXIF orientation (a photo taken sideways shows upright); a broken EXIF block is ignored."""
+    try:
+        return ImageOps.exif_transpose(image)  # a copy, rotated where the EXIF says so
+    except Exception:
+        return image.copy()
+
+
+def _array_to_pil(array: np.ndarray) -> Image.Image:
+    if array.ndim == 3 and array.shape[-1] == 1:
+        array = array[..., 0]
+    if array.ndim not in (2, 3) or (array.ndim == 3 and array.shape[-1] not in (3, 4)) or array.size == 0:
+        raise ValueError(f"an image array must be [H, W], [H, W, 3] or [H, W, 4], got shape {array.shape}")
+    if array.dtype == bool:
+        array = array.astype(np.uint8) * 255
+    elif array.dtype.kind == "f":
+        if not np.isfinite(array).all():
+            raise ValueError("the image array contains NaN or infinite values")
+        array = np.clip(array * (255.0 if array.max() <= 1.0 else 1.0), 0, 255).round().astype(np.uint8)
+    elif array.dtype.kind in "ui":
+        array = (array // 257 if array.dtype.itemsize == 2 and array.max() > 255 else np.clip(array, 0, 255))
+        array = array.astype(np.uint8)
+    else:
+        raise ValueError(f"an image array must hold numbers, got dtype {array.dtype}")
+    return Image.fromarray(np.ascontiguousarray(array))
+
+
+def _to_rgb(image: Image.Image) -> Image.Image:
+    """Any PIL mode -> RGB: transparency over white, 16-bit and float scaled to 8 bits."""
+    if image.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
+        array = np.asarray(image, dtype=np.float64)
+        if not np.isfinite(array).all():
+            raise ValueError("the image contains NaN or infinite values")
+        if image.mode.startswith("I;16"):
+            top = 65535.0
+        elif image.mode == "F" and array.max() <= 1.0:
+            top = 1.0
+        else:
+            top = 255.0 if array.max() <= 255 else 65535.0
+        image = Image.fromarray(np.clip(array / top * 255.0, 0, 255).round().astype(np.uint8))
+    if image.mode == "P" and "transparency" in image.info or image.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        rgba = image.convert("RGBA")
+        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(white, rgba).convert("RGB")
+    try:
+        return image.convert("RGB")
+    except (ValueError, OSError):
+        raise ValueError(f"the image's colour mode {image.mode} is not supported; save it as RGB") from None
+
+
+def to_pil(image: ImageLike) -> Image.Image:
+    """A path, array or PIL image -> an RGB PIL image, or ValueError naming the problem.
+
+    Files: at most MAX_IMAGE_BYTES and MAX_IMAGE_PIXELS (both checked before decoding); SVG refused;
+    animations give their first frame; the EXIF orientation is applied. Any mode (palette, grayscale,
+    CMYK, 16-bit, alpha over white) becomes RGB. At least 8x8 pixels and an aspect ratio of at most 10:1."""
+    if isinstance(image, (str, Path)):
+        image = _open_image_file(Path(image))
     elif isinstance(image, np.ndarray):
-        if image.ndim not in (2, 3) or image.size == 0:
-            raise ValueError(f"an image array must be [H, W] or [H, W, 3], got shape {image.shape}")
-        if image.dtype != np.uint8:
-            image = np.clip(image * (255.0 if image.max() <= 1.0 else 1.0), 0, 255).astype(np.uint8)
-        image = Image.fromarray(image)
+        image = _array_to_pil(image)
     elif not isinstance(image, Image.Image):
         raise ValueError(f"expected an image (PIL, array or path), got {type(image).__name__}")
-    if image.width < 8 or image.height < 8:
-        raise ValueError(f"image is {image.width}x{image.height}; at least 8x8 is needed")
-    return image.convert("RGB")
+    width, height = image.size
+    if width * height > MAX_IMAGE_PIXELS:
+        raise ValueError(f"the image is {width}x{height} pixels; at most {MAX_IMAGE_PIXELS / 1e6:.0f} megapixels")
+    if width < MIN_IMAGE_SIDE or height < MIN_IMAGE_SIDE:
+        raise ValueError(f"the image is {width}x{height} pixels; at least {MIN_IMAGE_SIDE}x{MIN_IMAGE_SIDE} is needed")
+    if max(width, height) > MAX_ASPECT_RATIO * min(width, height):
+        raise ValueError(f"the image is {width}x{height} pixels, an aspect ratio over {MAX_ASPECT_RATIO}:1; the model "
+                         "sees a centre square crop, so crop it closer to square first")
+    return _to_rgb(image)
 
 
 def center_crop_resize(image: Image.Image, size: int) -> Image.Image:
@@ -99,6 +272,7 @@ class HydraPipeline:
         self.tokenizer = tokenizer
         self.basis = basis
         self.name = name
+        self.path: Path | None = None  # the checkpoint folder, when loaded from one (its model card, eval.json)
         self.precision = precision
         self._pending_placement: tuple[str | None, str | None, bool] | None = None
         # Counted before any quantization (bitsandbytes packs two 4-bit weights per byte).
@@ -121,11 +295,13 @@ class HydraPipeline:
         name = str(path_or_id or "hydra-tiny (bundled)")
         if defer_placement:
             pipe = cls(ckpt.model, ckpt.tokenizer, ckpt.basis, name=name, precision=precision or "auto")
+            pipe.path = ckpt.path
             pipe._pending_placement = (device, precision, offload)
             return pipe
         count = sum(p.numel() for p in ckpt.model.parameters())
         model, precision = place(ckpt.model, device=device, precision=precision, offload=offload)
         pipe = cls(model, ckpt.tokenizer, ckpt.basis, name=name, precision=precision)
+        pipe.path = ckpt.path
         pipe.num_parameters = count
         return pipe
 
@@ -181,17 +357,15 @@ class HydraPipeline:
         return torch.randn(3, self.image_size, self.image_size, generator=generator)
 
     # ------------------------------------------------------------------ checks
-    def check_generate_inputs(self, prompt: str, num_images: int, steps: int, guidance: float) -> None:
-        if not isinstance(prompt, str) or not prompt.strip():
-            raise ValueError("the prompt is empty")
-        if len(prompt) > MAX_PROMPT_CHARS:
-            raise ValueError(f"the prompt has {len(prompt)} characters; at most {MAX_PROMPT_CHARS}")
-        if not 1 <= num_images <= MAX_IMAGES:
-            raise ValueError(f"num_images must be 1..{MAX_IMAGES}, got {num_images}")
-        if not 1 <= steps <= 200:
-            raise ValueError(f"steps must be 1..200, got {steps}")
-        if not 0.0 <= guidance <= 30.0:
-            raise ValueError(f"guidance must be 0..30, got {guidance}")
+    def check_generate_inputs(self, prompt: str, num_images: int, steps: int, guidance: float,
+                              decoder_steps: int | None = None, seed: int = 0) -> None:
+        check_text("the prompt", prompt, MAX_PROMPT_CHARS)
+        check_number("num_images", num_images, 1, MAX_IMAGES, integer=True)
+        check_number("steps", steps, 1, MAX_STEPS, integer=True)
+        check_number("guidance", guidance, 0.0, MAX_GUIDANCE)
+        if decoder_steps is not None:
+            check_number("decoder_steps", decoder_steps, 1, MAX_STEPS, integer=True)
+        check_number("seed", seed, 0, MAX_SEED, integer=True)
 
     # ------------------------------------------------------------------ generation
     def _generation_prompt(self, prompt: str) -> str:
@@ -213,7 +387,7 @@ class HydraPipeline:
         self.ensure_placed()
         steps = self.config.default_steps if steps is None else steps
         guidance = self.config.default_guidance if guidance is None else guidance
-        self.check_generate_inputs(prompt, num_images, steps, guidance)
+        self.check_generate_inputs(prompt, num_images, steps, guidance, decoder_steps, seed)
         model, tok_cfg = self.model, self.config.tokenizer
         seeds = [int(seed) + k for k in range(num_images)]
         generators = [torch.Generator().manual_seed(s) for s in seeds]
@@ -254,6 +428,9 @@ class HydraPipeline:
     @torch.no_grad()
     def reconstruct(self, image: ImageLike, steps: int | None = None, seed: int = 0) -> ReconstructionOutput:
         start = time.perf_counter()
+        if steps is not None:
+            check_number("steps", steps, 1, MAX_STEPS, integer=True)
+        check_number("seed", seed, 0, MAX_SEED, integer=True)
         original = center_crop_resize(to_pil(image), self.image_size)
         latent = self.encode(original)
         reconstruction = self.decode(latent, steps=steps, seeds=[int(seed)])[0]
@@ -264,25 +441,41 @@ class HydraPipeline:
     # ------------------------------------------------------------------ chat
     def _chat_inputs(self, messages: list[dict]) -> tuple[torch.Tensor, torch.Tensor, list]:
         """Render messages with the chat template; expand each image placeholder to its token block."""
-        if not messages:
+        if not isinstance(messages, list) or not messages:
             raise ValueError("the conversation is empty")
         images: list[ImageLike] = []
         rendered = []
         for message in messages:
             if not isinstance(message, dict) or message.get("role") not in ("user", "assistant", "system"):
                 raise ValueError("each message needs a role of user, assistant or system")
+            role = message["role"]
+
+            def checked(text, role=role) -> str:
+                if role == "assistant":  # the model's own earlier replies: any text
+                    if not isinstance(text, str):
+                        raise ValueError(f"an assistant message must be text, got {type(text).__name__}")
+                    return text
+                return check_text(f"the {role} message", text, MAX_MESSAGE_CHARS)
+
             content = message.get("content")
             if isinstance(content, str):
-                rendered.append({"role": message["role"], "content": content})
+                rendered.append({"role": role, "content": checked(content)})
                 continue
+            if not isinstance(content, list) or not content:
+                raise ValueError("a message's content must be text or a non-empty list of text and image parts")
             parts = []
-            for part in content or []:
-                if part.get("type") == "image":
+            for part in content:
+                kind = part.get("type") if isinstance(part, dict) else None
+                if kind == "image":
+                    if part.get("image") is None:
+                        raise ValueError("an image part has no image")
                     images.append(part["image"])
                     parts.append({"type": "image"})
-                elif part.get("type") == "text":
-                    parts.append({"type": "text", "text": str(part.get("text", ""))})
-            rendered.append({"role": message["role"], "content": parts})
+                elif kind == "text":
+                    parts.append({"type": "text", "text": checked(part.get("text"))})
+                else:
+                    raise ValueError("each part of a message must be {'type': 'text', ...} or {'type': 'image', ...}")
+            rendered.append({"role": role, "content": parts})
         text = render_chat(self.tokenizer, rendered, add_generation_prompt=True)
         text = expand_images(text, self.config.tokenizer.num_tokens)
         enc = self.tokenizer([text], return_tensors="pt", add_special_tokens=False).to(self.device)
@@ -295,12 +488,19 @@ class HydraPipeline:
 
         messages: [{"role": "user"|"assistant", "content": str | [{"type": "text", "text": ...},
         {"type": "image", "image": PIL | array | path}]}]. temperature 0 decodes greedily."""
-        if not 1 <= max_new_tokens <= 1024:
-            raise ValueError(f"max_new_tokens must be 1..1024, got {max_new_tokens}")
-        if temperature < 0 or not 0 < top_p <= 1:
-            raise ValueError("temperature must be >= 0 and top_p in (0, 1]")
+        max_new_tokens = check_number("max_new_tokens", max_new_tokens, 1, MAX_NEW_TOKENS, integer=True)
+        temperature = check_number("temperature", temperature, 0.0, 100.0)
+        top_p = check_number("top_p", top_p, 0.0, 1.0)
+        if top_p == 0:
+            raise ValueError("top_p must be a number above 0 and at most 1, got 0")
+        check_number("seed", seed, 0, MAX_SEED, integer=True)
         self.ensure_placed()
         input_ids, attention_mask, images = self._chat_inputs(messages)
+        context = self.config.llm.get("max_position_embeddings")
+        if context and input_ids.shape[1] + max_new_tokens > context:
+            raise ValueError(f"the conversation is {input_ids.shape[1]} tokens; with max_new_tokens {max_new_tokens} "
+                             f"it would pass the model's context of {context} tokens: clear the chat or ask for "
+                             "fewer new tokens")
         latents = self.encode(images).to(self.device) if images else None
         prefix = self.model.prefill(input_ids, attention_mask, latents)
         warpers = [TemperatureLogitsWarper(temperature), TopPLogitsWarper(top_p)] if temperature > 0 else []
