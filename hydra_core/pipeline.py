@@ -236,7 +236,9 @@ def to_pil(image: ImageLike) -> Image.Image:
     Files: at most MAX_IMAGE_BYTES and MAX_IMAGE_PIXELS (both checked before decoding); SVG refused;
     animations give their first frame; the EXIF orientation is applied. Any mode (palette, grayscale,
     CMYK, 16-bit, alpha over white) becomes RGB. At least 8x8 pixels and an aspect ratio of at most 10:1."""
+    label = "the image"
     if isinstance(image, (str, Path)):
+        label = _file_name(Path(image))
         image = _open_image_file(Path(image))
     elif isinstance(image, np.ndarray):
         image = _array_to_pil(image)
@@ -244,11 +246,11 @@ def to_pil(image: ImageLike) -> Image.Image:
         raise ValueError(f"expected an image (PIL, array or path), got {type(image).__name__}")
     width, height = image.size
     if width * height > MAX_IMAGE_PIXELS:
-        raise ValueError(f"the image is {width}x{height} pixels; at most {MAX_IMAGE_PIXELS / 1e6:.0f} megapixels")
+        raise ValueError(f"{label} is {width}x{height} pixels; at most {MAX_IMAGE_PIXELS / 1e6:.0f} megapixels")
     if width < MIN_IMAGE_SIDE or height < MIN_IMAGE_SIDE:
-        raise ValueError(f"the image is {width}x{height} pixels; at least {MIN_IMAGE_SIDE}x{MIN_IMAGE_SIDE} is needed")
+        raise ValueError(f"{label} is {width}x{height} pixels; at least {MIN_IMAGE_SIDE}x{MIN_IMAGE_SIDE} is needed")
     if max(width, height) > MAX_ASPECT_RATIO * min(width, height):
-        raise ValueError(f"the image is {width}x{height} pixels, an aspect ratio over {MAX_ASPECT_RATIO}:1; the model "
+        raise ValueError(f"{label} is {width}x{height} pixels, an aspect ratio over {MAX_ASPECT_RATIO}:1; the model "
                          "sees a centre square crop, so crop it closer to square first")
     return _to_rgb(image)
 

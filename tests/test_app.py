@@ -7,15 +7,21 @@ everywhere to stay fast on two busy CPU cores.
 
 from __future__ import annotations
 
+import logging
 import os
+import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 
+import httpx
 import numpy as np
 import pytest
+import torch
 from gradio_client import Client, handle_file
 from gradio_client.exceptions import AppError
+from gradio_client.utils import QueueError
 from PIL import Image
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
@@ -142,3 +148,167 @@ def test_import_loads_no_model():
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120,
                          env={**os.environ, "GRADIO_ANALYTICS_ENABLED": "False"}, check=True)
     assert out.stdout.strip() == "[]"
+
+
+# ------------------------------------------------------------------ bad input, through the API (issue 9)
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    from bad_images import make_corpus
+
+    return {case.name: case for case in make_corpus(tmp_path_factory.mktemp("bad-images"))}
+
+
+def test_every_corpus_image_gets_an_answer_or_a_named_refusal_on_reconstruct_and_chat(client, corpus):
+    """The whole bad-image corpus through /reconstruct and /chat: accepted files give outputs; refused
+    ones the pipeline's message (naming the file and the problem, never a server path), never the
+    generic "upstream Gradio app has raised an exception"."""
+    for case in corpus.values():
+        calls = {"/reconstruct": {"image": handle_file(case.path), "decoder_steps": 1, "seed": 0},
+                 "/chat": {"message": "what shapes are there?", "image": handle_file(case.path), "max_new_tokens": 2}}
+        for api_name, kwargs in calls.items():
+            if case.accept:
+                result = client.predict(**kwargs, api_name=api_name)
+                assert (Path(result[1]).is_file() if api_name == "/reconstruct" else isinstance(result, str)), case.name
+                continue
+            with pytest.raises(AppError) as refused:
+                client.predict(**kwargs, api_name=api_name)
+            message = str(refused.value)
+            assert re.search(case.refuse, message), (case.name, api_name, message)
+            assert "/tmp" not in message and "upstream" not in message, message
+
+
+def test_uploads_over_the_limit_are_refused_before_decoding(client, served_app, tmp_path):
+    big = tmp_path / "big.png"
+    big.write_bytes(b"\x89PNG" + bytes(app.MAX_UPLOAD_MB * 2**20))
+    with pytest.raises(ValueError, match="exceeds the maximum file size of 20971520 bytes"):  # the client checks
+        client.predict(image=handle_file(big), decoder_steps=1, seed=0, api_name="/reconstruct")
+    with big.open("rb") as file:  # and the server refuses it too
+        response = httpx.post(served_app[1] + "gradio_api/upload", files={"files": ("big.png", file, "image/png")})
+    assert response.status_code == 413
+    from hydra_core.pipeline import MAX_IMAGE_BYTES
+
+    assert app.MAX_UPLOAD_MB * 2**20 == MAX_IMAGE_BYTES
+
+
+@pytest.mark.parametrize("api_name, overrides, message", [
+    ("/generate", {"steps": 500}, "steps must be a whole number from 1 to 100, got 500"),
+    ("/generate", {"steps": 0}, "steps must be a whole number from 1 to 100, got 0"),
+    ("/generate", {"steps": "nan"}, "steps must be a whole number from 1 to 100, got nan"),
+    ("/generate", {"steps": "two"}, "got the text 'two'"),
+    ("/generate", {"num_images": 2.5}, "num_images must be a whole number from 1 to 4, got 2.5"),
+    ("/generate", {"num_images": None}, "num_images must be a whole number from 1 to 4, got nothing"),
+    ("/generate", {"guidance": -1}, "guidance must be a number from 0 to 15, got -1"),
+    ("/generate", {"guidance": "inf"}, "guidance must be a number from 0 to 15, got inf"),
+    ("/generate", {"decoder_steps": [2]}, "decoder_steps must be a whole number from 1 to 50, got list"),
+    ("/generate", {"seed": -5}, "seed must be a whole number from 0 to 2147483643, got -5"),
+    ("/generate", {"randomize_seed": "yes"}, "randomize_seed must be true or false"),
+    ("/generate", {"prompt": ""}, "the prompt is empty"),
+    ("/generate", {"prompt": " \t\n "}, r"the prompt is empty \(only whitespace\)"),
+    ("/generate", {"prompt": "x" * 5000}, "the prompt has 5,000 characters; at most 500 are accepted"),
+    ("/generate", {"prompt": "a red\x1bcircle"}, r"control character U\+001B"),
+    ("/generate", {"prompt": "<|im_end|> a star"}, "reserved for the model"),
+    ("/reconstruct", {"decoder_steps": 51}, "decoder_steps must be a whole number from 1 to 50, got 51"),
+    ("/reconstruct", {"seed": 1.5}, "seed must be a whole number"),
+    ("/noise_probe", {"sigma": 9}, "sigma must be a number from 0 to 3, got 9"),
+    ("/noise_probe", {"sigma": "nan"}, "sigma must be a number from 0 to 3, got nan"),
+    ("/interpolate", {"image_b": None}, "Interpolation needs two images"),
+    ("/chat", {"max_new_tokens": 0}, "max_new_tokens must be a whole number from 1 to 256, got 0"),
+    ("/chat", {"temperature": 5}, "temperature must be a number from 0 to 2, got 5"),
+    ("/chat", {"top_p": 0}, "top_p must be a number from 0.05 to 1, got 0"),
+    ("/chat", {"message": "x" * 3000}, "the user message has 3,000 characters; at most 2,000"),
+    ("/chat", {"message": "hi\x00"}, r"control character U\+0000"),
+    ("/chat", {"message": "", "image": None}, "Send a message, an image, or both"),
+])
+def test_numbers_and_text_out_of_range_get_named_messages(client, api_name, overrides, message):
+    image = handle_file(EXAMPLE)
+    defaults = {
+        "/generate": {"prompt": "a photo of a red circle", "num_images": 1, "seed": 0, "randomize_seed": False, **FAST},
+        "/reconstruct": {"image": image, "decoder_steps": 1, "seed": 0},
+        "/noise_probe": {"image": image, "sigma": 0.5, "decoder_steps": 1, "seed": 0},
+        "/interpolate": {"image_a": image, "image_b": image, "decoder_steps": 1, "seed": 0},
+        "/chat": {"message": "hello", "max_new_tokens": 2},
+    }[api_name]
+    with pytest.raises(AppError, match=message):
+        client.predict(**{**defaults, **overrides}, api_name=api_name)
+
+
+def test_any_unicode_prompt_and_message_work(client):
+    gallery, _, details = generate(client, seed=3, prompt="un cercle rouge 🔴 · 赤い円 · دائرة حمراء\u200d")
+    assert len(gallery) == 1 and details["prompt"].startswith("un cercle")
+    assert isinstance(client.predict(message="héllo 👋", max_new_tokens=2, api_name="/chat"), str)
+
+
+def test_a_question_about_an_image_without_one_says_so(client):
+    reply = client.predict(message="is there a red circle?", max_new_tokens=8, api_name="/chat")
+    assert reply == app.NO_IMAGE_REPLY
+    with_image = client.predict(message="is there a red circle?", image=handle_file(EXAMPLE), max_new_tokens=2,
+                                api_name="/chat")
+    assert with_image != app.NO_IMAGE_REPLY
+
+
+# ------------------------------------------------------------------ logs, faults, memory, the queue
+def test_a_user_mistake_is_one_log_line_and_a_fault_keeps_its_traceback(client, served_app, caplog, capfd,
+                                                                        monkeypatch):
+    capfd.readouterr()
+    with caplog.at_level(logging.INFO, logger="hydra_studio"):
+        with pytest.raises(AppError, match="prompt is empty"):
+            generate(client, seed=1, prompt="")
+    records = [r for r in caplog.records if r.name == "hydra_studio"]
+    assert len(records) == 1 and records[0].exc_info is None and "\n" not in records[0].getMessage()
+    assert "prompt is empty" in records[0].getMessage()
+    assert "Traceback" not in capfd.readouterr().err
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("a bug in the decoder")
+
+    caplog.clear()
+    monkeypatch.setattr(served_app[0].hydra.device, "reconstruct", broken)
+    with caplog.at_level(logging.INFO, logger="hydra_studio"):
+        with pytest.raises(AppError, match=r"Something went wrong on the server during reconstruct \(RuntimeError\)"):
+            client.predict(image=handle_file(EXAMPLE), decoder_steps=1, seed=0, api_name="/reconstruct")
+    records = [r for r in caplog.records if r.name == "hydra_studio"]
+    assert len(records) == 1 and records[0].exc_info is not None  # the traceback is logged
+    assert "a bug in the decoder" in caplog.text
+
+
+def test_out_of_memory_becomes_a_message_releases_memory_and_the_next_request_works(client, served_app,
+                                                                                    monkeypatch):
+    handlers = served_app[0].hydra
+    real, released = handlers.device.generate, []
+
+    def out_of_memory_once(*args, **kwargs):
+        monkeypatch.setattr(handlers.device, "generate", real)
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
+
+    monkeypatch.setattr(handlers.device, "generate", out_of_memory_once)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "empty_cache", lambda: released.append(True))
+    with pytest.raises(AppError, match="The GPU ran out of memory for this request. Its memory was released"):
+        generate(client, seed=5)
+    assert released == [True]
+    gallery, seed, _ = generate(client, seed=5)
+    assert len(gallery) == 1 and seed == 5
+
+
+def test_a_full_queue_answers_busy_and_the_app_keeps_serving(client, served_app, monkeypatch):
+    handlers = served_app[0].hydra
+    real = handlers.device.reconstruct
+
+    def slow(*args, **kwargs):
+        time.sleep(0.25)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(handlers.device, "reconstruct", slow)
+    kwargs = {"image": handle_file(EXAMPLE), "decoder_steps": 1, "seed": 0, "api_name": "/reconstruct"}
+    jobs = [client.submit(**kwargs) for _ in range(app.QUEUE_SIZE + 4)]
+    outcomes = []
+    for job in jobs:
+        try:
+            job.result(timeout=120)
+            outcomes.append("ok")
+        except QueueError as error:
+            assert "Queue is full" in str(error)
+            outcomes.append("busy")
+    assert "busy" in outcomes and outcomes.count("ok") >= app.QUEUE_SIZE
+    monkeypatch.setattr(handlers.device, "reconstruct", real)
+    assert Path(client.predict(**kwargs)[1]).is_file()
