@@ -88,6 +88,14 @@ def transparent_png() -> bytes:
     return _encode(image, "PNG")
 
 
+def gray_alpha_png() -> bytes:
+    image = _picture("LA")
+    alpha = np.full((SIZE, SIZE), 255, np.uint8)
+    alpha[: SIZE // 2, : SIZE // 2] = 0
+    image.putalpha(Image.fromarray(alpha))
+    return _encode(image, "PNG")
+
+
 def corrupt_png() -> bytes:
     """A whole PNG with its compressed pixel data overwritten (the chunk CRC no longer matches)."""
     data = bytearray(_encode(_picture(), "PNG", compress_level=0))
@@ -128,7 +136,7 @@ def _cases() -> list[tuple[str, str, str | None, bytes]]:
         ("palette.gif", "a palette GIF with transparency", None,
          _encode(_picture("P"), "GIF", transparency=0)),
         ("alpha.png", "an RGBA PNG, half transparent", None, transparent_png()),
-        ("gray_alpha.png", "a grayscale + alpha PNG", None, _encode(_picture("LA"), "PNG")),
+        ("gray_alpha.png", "a grayscale + alpha PNG, a quarter transparent", None, gray_alpha_png()),
         ("gray.png", "an 8-bit grayscale PNG", None, _encode(_picture("L"), "PNG")),
         ("bilevel.png", "a 1-bit PNG", None, _encode(_picture("1"), "PNG")),
         ("float.tiff", "a 32-bit float TIFF", None, _encode(_picture("F"), "TIFF")),
@@ -136,7 +144,7 @@ def _cases() -> list[tuple[str, str, str | None, bytes]]:
         ("rotated.jpg", "a JPEG with EXIF orientation 6", None, exif_rotated_jpeg()),
         ("image.webp", "a WebP", None, _encode(_picture(), "WEBP")),
         ("image.bmp", "a BMP", None, _encode(_picture(), "BMP")),
-        ("jpeg_named.png", "a JPEG with a PNG name", None, jpeg),
+        ("jpeg_named.png", "a JPEG with a PNG name", None, _encode(_picture(), "JPEG", quality=70)),
         ("small.png", "8x8 pixels, the smallest accepted", None, _encode(_picture(size=(8, 8)), "PNG")),
         ("wide.png", "200x25 (8:1)", None, _encode(_picture(size=(200, 25)), "PNG")),
     ]

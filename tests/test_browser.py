@@ -7,6 +7,7 @@ random-weight HYDRA, with 2 flow / decoder steps typed into the UI to stay fast.
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 import pytest
@@ -30,6 +31,13 @@ EXAMPLE = ROOT / "assets" / "examples" / "shapes_2.png"
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
                  "--disable-sync", "--no-first-run", "--disable-quic"]
 TIMEOUT_MS = 60_000
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    from bad_images import make_corpus
+
+    return {case.name: case for case in make_corpus(tmp_path_factory.mktemp("bad-images"))}
 
 
 @pytest.fixture(scope="module")
@@ -139,3 +147,130 @@ def test_compare_tab(page):
     expect(page.locator("#compare-picture img")).to_be_visible()
     expect(page.locator("#compare-stats")).to_contain_text("cosine")
     screenshot(page, "compare")
+
+
+# ------------------------------------------------------------------ stuck states and bad input (issue 9)
+ERROR_BADGES = '[data-testid="status-tracker"] span.error >> visible=true'
+
+
+def expect_message(page: Page, pattern: str) -> None:
+    """An error pop-up matching `pattern` is shown, names no server path and stays until dismissed
+    (no countdown timer); then dismiss it. No component is left with a bare "Error" badge."""
+    toast = page.locator(".toast-body").filter(has_text=re.compile(pattern))
+    expect(toast.first).to_be_visible()
+    assert "/tmp" not in toast.first.inner_text()
+    expect(toast.first.locator(".timer")).to_have_count(0)
+    expect(page.locator(ERROR_BADGES)).to_have_count(0)
+    for close in page.locator(".toast-close").all():
+        close.click()
+    expect(page.locator(".toast-body")).to_have_count(0)
+
+
+def upload(page: Page, elem_id: str, path: Path) -> None:
+    """Put a file into an image input and wait until the page shows it (so the upload has finished)."""
+    preview = page.locator(f"#{elem_id} img")
+    before = preview.get_attribute("src") if preview.count() else None
+    page.locator(f"#{elem_id} input[type=file]").set_input_files(path)
+    expect(preview).to_be_attached()
+    if before:
+        expect(preview).not_to_have_attribute("src", before)
+
+
+def test_one_flow_step_fills_the_latent_panel_and_trajectory(page):
+    page.get_by_role("tab", name="Generate").click()
+    page.locator("#prompt textarea").fill("a photo of a red circle")
+    if not page.locator("#steps").is_visible():
+        page.get_by_text("Advanced settings").click()
+    set_number(page, "steps", 1)  # the slider's own minimum
+    set_number(page, "decoder-steps", 1)
+    page.locator("#generate-button").click()
+    expect(page.locator("#trajectory-caption")).to_contain_text("step 1/1")
+    expect(page.locator("#generate-latent-pca img")).to_be_visible()
+    expect(page.locator(ERROR_BADGES)).to_have_count(0)
+    screenshot(page, "one-flow-step")
+
+
+def test_long_prompt_and_out_of_range_seed_get_the_api_messages(page):
+    page.get_by_role("tab", name="Generate").click()
+    box = page.locator("#prompt textarea")
+    box.fill("x" * 600)
+    expect(box).to_have_value("x" * 600)  # not cut by the page
+    page.locator("#generate-button").click()
+    expect_message(page, "the prompt has 600 characters; at most 500 are accepted")
+    box.fill("a photo of two stars")
+    if not page.locator("#seed").is_visible():
+        page.get_by_text("Advanced settings").click()
+    randomize = page.get_by_label("Randomize seed")
+    if randomize.is_checked():
+        randomize.uncheck()
+    page.locator("#seed input").fill("-5")
+    page.locator("#generate-button").click()
+    expect_message(page, "seed must be a whole number from 0 to 2147483643, got -5")
+    page.locator("#seed input").fill("3")
+    page.locator("#generate-button").click()
+    expect(page.locator("#gallery")).to_contain_text("seed 3")
+
+
+def test_a_text_file_in_reconstruct_gets_a_message_and_keeps_the_last_result(page, corpus):
+    page.get_by_role("tab", name="Reconstruct").click()
+    result = page.locator("#reconstruction img")
+    first = result.get_attribute("src") if result.count() else ""
+    upload(page, "reconstruct-input", corpus["photo.jpg"].path)
+    page.locator("#reconstruct-button").click()
+    expect(result).not_to_have_attribute("src", first)
+    before = result.get_attribute("src")
+    upload(page, "reconstruct-input", corpus["notes.png"].path)
+    page.locator("#reconstruct-button").click()
+    expect_message(page, r"'notes.png' is not an image file this app can read")
+    expect(result).to_have_attribute("src", before)  # the previous result is still shown
+    upload(page, "reconstruct-input", EXAMPLE)  # and the next request works
+    page.locator("#reconstruct-button").click()
+    expect(result).not_to_have_attribute("src", before)
+    screenshot(page, "reconstruct-after-error")
+
+
+def test_a_text_file_in_chat_keeps_the_question_and_unlocks_the_box(page, corpus):
+    page.get_by_role("tab", name="Chat").click()
+    page.locator("#chat-clear").click()
+    page.locator("#chat-input input[type=file]").set_input_files(corpus["notes.png"].path)
+    textbox = page.locator("#chat-input textarea")
+    textbox.fill("what shapes are in the image?")
+    textbox.press("Enter")
+    expect_message(page, r"'notes.png' is not an image file .*Your message is kept")
+    expect(page.locator('#chatbot [data-testid="user"]')).to_contain_text("what shapes are in the image?")
+    expect(textbox).to_be_editable()
+    # No image in the conversation: a question about one is answered so.
+    textbox.fill("is there a red circle?")
+    textbox.press("Enter")
+    expect(page.locator('#chatbot [data-testid="bot"]').last).to_contain_text("There is no image in this conversation")
+    expect(textbox).to_be_editable()
+    expect(page.locator(ERROR_BADGES)).to_have_count(0)
+    screenshot(page, "chat-after-error")
+
+
+def test_an_upload_over_the_limit_is_refused_in_the_page(page, tmp_path):
+    page.get_by_role("tab", name="Reconstruct").click()
+    big = tmp_path / "big.png"
+    big.write_bytes(b"\x89PNG" + bytes(21 * 2**20))
+    page.locator("#reconstruct-input input[type=file]").set_input_files(big)
+    # The page's own check, before any upload (its pop-up is Gradio's, with Gradio's timer).
+    expect(page.locator(".toast-body").filter(has_text="exceed the maximum allowed size of 20.0 Mb")).to_be_visible()
+    page.locator(".toast-close").first.click()
+
+
+def test_the_bad_image_corpus_through_the_page(page, corpus):
+    """Every corpus file uploaded in Reconstruct: a new result, or a message naming the problem; never a
+    bare "Error" badge, and the page keeps working."""
+    page.get_by_role("tab", name="Reconstruct").click()
+    set_number(page, "reconstruct-steps", 1)
+    result = page.locator("#reconstruction img")
+    for case in corpus.values():
+        before = result.get_attribute("src") if result.count() else None
+        upload(page, "reconstruct-input", case.path)
+        page.locator("#reconstruct-button").click()
+        if case.accept:
+            expect(result, case.name).not_to_have_attribute("src", before or "")
+            expect(page.locator(ERROR_BADGES), case.name).to_have_count(0)
+        else:
+            expect_message(page, case.refuse)
+    screenshot(page, "corpus")
