@@ -7,6 +7,7 @@ model.safetensors under the prefix `viz.pca.`.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -88,6 +89,29 @@ def _check_folder(path: Path) -> None:
         raise FileNotFoundError(f"{path} has no tokenizer.json")
 
 
+def _read_config(path: Path) -> HydraConfig:
+    try:
+        return HydraConfig.from_json_file(path)
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{path.name} is not valid JSON ({error.msg} at line {error.lineno}, column "
+                         f"{error.colno})") from None
+    except (TypeError, KeyError, AttributeError, ValueError) as error:
+        raise ValueError(f"{path.name} does not describe a HYDRA model ({type(error).__name__}: {error})") from None
+
+
+def _read_weights(path: Path) -> dict[str, torch.Tensor]:
+    try:
+        return load_file(path)
+    except Exception as error:  # safetensors raises its own SafetensorsError for a bad header or size
+        with path.open("rb") as file:
+            head = file.read(2)
+        if head == b"PK" or head[:1] == b"\x80":  # torch.save's zip archive, or a bare pickle
+            raise ValueError(f"{path.name} is a pickle (torch.save) file under a safetensors name; HYDRA loads "
+                             "safetensors only, because unpickling can run arbitrary code") from None
+        raise ValueError(f"{path.name} is not a readable safetensors file (damaged or incomplete: "
+                         f"{str(error)[:200]})") from None
+
+
 def load_state(model: HydraModel, state: dict[str, torch.Tensor]) -> None:
     """Load weights into a model built on the meta device; every mismatch is named."""
     own = model.state_dict()
@@ -124,8 +148,8 @@ def load_pretrained(path_or_id: str | Path) -> Checkpoint:
     """Load a checkpoint on the CPU in float32 (precision and device are applied by the caller)."""
     path = resolve_checkpoint(path_or_id)
     _check_folder(path)
-    config = HydraConfig.from_json_file(path / CONFIG_NAME)
-    state = load_file(path / WEIGHTS_NAME)
+    config = _read_config(path / CONFIG_NAME)
+    state = _read_weights(path / WEIGHTS_NAME)
     basis_state = {k[len(VIZ_PREFIX):]: state.pop(k) for k in list(state) if k.startswith(VIZ_PREFIX)}
     model = build_empty(config)
     load_state(model, {k: v.float() if v.is_floating_point() else v for k, v in state.items()})

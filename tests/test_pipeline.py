@@ -172,3 +172,30 @@ def test_half_precision_files_load_as_float32(tiny_model, text_tokenizer, tmp_pa
     for key, value in tiny_model.state_dict().items():
         assert loaded[key].dtype == value.dtype
         assert torch.equal(loaded[key], value.half().to(value.dtype))
+
+
+def test_unreadable_checkpoint_files_are_named(tiny_checkpoint, tmp_path):
+    """A pickle saved under the safetensors name, a damaged safetensors file and a broken config.json
+    each get a message naming the file and the problem (never unpickled)."""
+    def folder(name):
+        copy = tmp_path / name
+        shutil.copytree(tiny_checkpoint, copy)
+        return copy
+
+    disguised = folder("disguised")
+    torch.save({"x": torch.zeros(1)}, disguised / "model.safetensors")
+    with pytest.raises(ValueError, match="model.safetensors is a pickle .* safetensors only"):
+        load_pretrained(disguised)
+    truncated = folder("truncated")
+    data = (truncated / "model.safetensors").read_bytes()
+    (truncated / "model.safetensors").write_bytes(data[: len(data) // 3])
+    with pytest.raises(ValueError, match="model.safetensors is not a readable safetensors file"):
+        load_pretrained(truncated)
+    bad_json = folder("bad-json")
+    (bad_json / "config.json").write_text('{"tokenizer": {')
+    with pytest.raises(ValueError, match="config.json is not valid JSON"):
+        load_pretrained(bad_json)
+    not_hydra = folder("not-hydra")
+    (not_hydra / "config.json").write_text('{"model_type": "llama", "hidden_size": 4096}')
+    with pytest.raises(ValueError, match="config.json does not describe a HYDRA model"):
+        load_pretrained(not_hydra)
