@@ -108,11 +108,26 @@ CSS = """
 """
 
 
+# A slider clamps a number typed into its box to its range when the box loses focus, silently. For the
+# sliders built by `number_slider` the typed number stays, is sent as typed, and the handler's check
+# answers it with the same message the API gets.
+KEEP_TYPED_NUMBERS = """
+() => {
+  document.addEventListener("blur", (event) => {
+    const box = event.target;
+    if (!(box instanceof HTMLInputElement) || box.type !== "number" || !box.closest(".checked-number")) return;
+    const value = Number(box.value);
+    if (box.value !== "" && (value < Number(box.min) || value > Number(box.max))) event.stopPropagation();
+  }, true);
+}
+"""
+
+
 def launch_kwargs() -> dict[str, Any]:
-    """App-level settings passed to `demo.launch`: the look (Gradio 6 moved theme/css there) and the
-    upload size limit."""
+    """App-level settings passed to `demo.launch`: the look (Gradio 6 moved theme/css/js there), the
+    script that keeps typed numbers, and the upload size limit."""
     return {"theme": gr.themes.Soft(primary_hue="indigo", secondary_hue="emerald"), "css": CSS,
-            "max_file_size": f"{MAX_UPLOAD_MB}mb"}
+            "js": KEEP_TYPED_NUMBERS, "max_file_size": f"{MAX_UPLOAD_MB}mb"}
 
 
 # ------------------------------------------------------------------ errors
@@ -244,7 +259,7 @@ def image_input(label: str, **kwargs) -> ImageInput:
 
 def number_slider(name: str, value: float, step: float, label: str, **kwargs) -> SliderInput:
     low, high, _ = LIMITS[name]
-    return SliderInput(low, high, value=value, step=step, label=label, **kwargs)
+    return SliderInput(low, high, value=value, step=step, label=label, elem_classes="checked-number", **kwargs)
 
 
 def seed_box(label: str, **kwargs) -> NumberInput:

@@ -207,6 +207,13 @@ def test_long_prompt_and_out_of_range_seed_get_the_api_messages(page):
     page.locator("#generate-button").click()
     expect_message(page, "seed must be a whole number from 0 to 2147483643, got -5")
     page.locator("#seed input").fill("3")
+    steps = page.locator("#steps input[type=number]")
+    steps.fill("500")  # beyond the slider: kept as typed (not moved to 100 silently) and answered
+    steps.press("Tab")
+    expect(steps).to_have_value("500")
+    page.locator("#generate-button").click()
+    expect_message(page, "steps must be a whole number from 1 to 100, got 500")
+    set_number(page, "steps", 1)
     page.locator("#generate-button").click()
     expect(page.locator("#gallery")).to_contain_text("seed 3")
 
