@@ -2,17 +2,20 @@
 
     python bench/soak.py [--checkpoint DIR] [--users 8] [--requests 25] [--json OUT]
 
-Starts the app on 127.0.0.1 (default: the bundled HYDRA-Tiny, CPU), works out every user's expected
-answers one request at a time, then runs all users at once, each with its own gradio_client and a mix
-of /generate, /reconstruct and /chat calls whose inputs are unique to that user (seed, prompt, image).
-It reports failures, answers that differ from the one-at-a-time answer (an answer that went to the
-wrong user, or was changed by the others), latency, and the server's resident memory after warm-up
-and after the soak. `run_soak(url, ...)` is what tests/test_soak.py runs, smaller, in CI.
+Starts `python app.py` on 127.0.0.1 in its own process (default: the bundled HYDRA-Tiny, CPU), works
+out every user's expected answers one request at a time, warms up with one concurrent round, then runs
+all users at once, each with its own gradio_client and a mix of /generate, /reconstruct and /chat calls
+whose inputs are unique to that user (seed, prompt, image). It reports failures, answers that differ
+from the one-at-a-time answer (an answer that went to the wrong user, or was changed by the others),
+latency, and the server process's resident memory after the warm-up and after the soak.
+`run_soak(url, ...)` is what tests/test_soak.py runs, smaller, in CI (there the server shares the
+test's process, so the memory figures include the clients).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import json
 import os
@@ -86,16 +89,17 @@ def call(client, kind: str, args: dict):
     return client.predict(**{**args, "image": handle_file(args["image"])}, api_name="/chat")
 
 
-def rss_mib() -> float:
+def rss_mib(pid: int | None = None) -> float:
     import psutil
 
-    return psutil.Process().memory_info().rss / 2**20
+    return psutil.Process(pid).memory_info().rss / 2**20
 
 
-def run_soak(url: str, users: int = 8, requests: int = 25, folder: Path | None = None,
-             log=print) -> dict:
-    """Expected answers one at a time, then all users at once -> a report (see the module docstring).
-    The server must run in this process (serve_locally) for the memory figures to be its own."""
+def run_soak(url: str, users: int = 8, requests: int = 25, folder: Path | None = None, server_pid: int | None = None,
+             warmup: int = 2, log=print) -> dict:
+    """Expected answers one at a time, a concurrent warm-up round of `warmup` requests per user, then all
+    users at once -> a report (see the module docstring). Memory is the RSS of `server_pid` (default:
+    this process, when the server runs in it)."""
     from gradio_client import Client
 
     folder = Path(folder or tempfile.mkdtemp(prefix="hydra-soak-"))
@@ -103,33 +107,38 @@ def run_soak(url: str, users: int = 8, requests: int = 25, folder: Path | None =
     reference = Client(url, verbose=False)
     start = time.perf_counter()
     expected = {user: [call(reference, kind, args) for kind, args in calls] for user, calls in plans.items()}
-    warm = time.perf_counter() - start
-    rss_after_warmup = rss_mib()
-    log(f"expected answers: {users * requests} requests one at a time in {warm:.1f} s; RSS {rss_after_warmup:.0f} MiB")
-
-    results: dict[int, list] = {user: [] for user in range(users)}
+    log(f"expected answers: {users * requests} requests one at a time in {time.perf_counter() - start:.1f} s")
     clients = {user: Client(url, verbose=False) for user in range(users)}
-    barrier = threading.Barrier(users)
 
-    def work(user: int) -> None:
-        barrier.wait()
-        for (kind, args), want in zip(plans[user], expected[user]):
-            began = time.perf_counter()
-            try:
-                got = call(clients[user], kind, args)
-                outcome = "ok" if got == want else "wrong answer"
-            except Exception as error:  # noqa: BLE001  (every failure is counted and reported)
-                outcome = f"{type(error).__name__}: {str(error)[:200]}"
-            results[user].append((kind, outcome, time.perf_counter() - began))
+    def concurrently(count: int) -> tuple[dict[int, list], float]:
+        results: dict[int, list] = {user: [] for user in range(users)}
+        barrier = threading.Barrier(users)
 
-    start = time.perf_counter()
-    threads = [threading.Thread(target=work, args=(user,)) for user in range(users)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    seconds = time.perf_counter() - start
-    rss_after_soak = rss_mib()
+        def work(user: int) -> None:
+            barrier.wait()
+            for (kind, args), want in list(zip(plans[user], expected[user]))[:count]:
+                began = time.perf_counter()
+                try:
+                    got = call(clients[user], kind, args)
+                    outcome = "ok" if got == want else "wrong answer"
+                except Exception as error:  # noqa: BLE001  (every failure is counted and reported)
+                    outcome = f"{type(error).__name__}: {str(error)[:200]}"
+                results[user].append((kind, outcome, time.perf_counter() - began))
+
+        began = time.perf_counter()
+        threads = [threading.Thread(target=work, args=(user,)) for user in range(users)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        return results, time.perf_counter() - began
+
+    warm, _ = concurrently(warmup)
+    warm_failures = [outcome for rows in warm.values() for _, outcome, _ in rows if outcome != "ok"]
+    rss_after_warmup = rss_mib(server_pid)
+    log(f"warm-up: {users} x {warmup} concurrent requests, {len(warm_failures)} not ok; RSS {rss_after_warmup:.0f} MiB")
+    results, seconds = concurrently(requests)
+    rss_after_soak = rss_mib(server_pid)
     rows = [row for user_rows in results.values() for row in user_rows]
     latency = {kind: [s for k, _, s in rows if k == kind] for kind in KINDS}
     report = {
@@ -141,6 +150,7 @@ def run_soak(url: str, users: int = 8, requests: int = 25, folder: Path | None =
         "seconds": round(seconds, 1), "requests_per_s": round(len(rows) / seconds, 2),
         "latency_median_s": {k: round(statistics.median(v), 2) for k, v in latency.items() if v},
         "latency_max_s": {k: round(max(v), 2) for k, v in latency.items() if v},
+        "warmup_not_ok": len(warm_failures),
         "rss_after_warmup_mib": round(rss_after_warmup, 1), "rss_after_soak_mib": round(rss_after_soak, 1),
         "rss_growth": round(rss_after_soak / rss_after_warmup - 1, 4),
     }
@@ -156,18 +166,30 @@ def main(argv=None) -> None:
     parser.add_argument("--json", default=None, help="also write the report here")
     args = parser.parse_args(argv)
 
-    import torch
+    import socket
+    import subprocess
 
-    import app
-    from hydra_core.pipeline import HydraPipeline
+    import httpx
 
-    torch.set_num_threads(int(os.environ.get("HYDRA_TEST_THREADS", torch.get_num_threads())))
-    pipe = HydraPipeline.from_pretrained(args.checkpoint, device="cpu")
-    demo, url = app.serve_locally(pipe)
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    command = [sys.executable, str(ROOT / "app.py"), "--device", "cpu", "--port", str(port)]
+    command += ["--checkpoint", args.checkpoint] if args.checkpoint else []
+    server = subprocess.Popen(command, cwd=ROOT, env={**os.environ, "GRADIO_RESET_EXAMPLES_CACHE": "True"})
+    url = f"http://127.0.0.1:{port}/"
     try:
-        report = run_soak(url, args.users, args.requests)
+        for _ in range(600):  # wait for the app to answer (loading the model takes a while on a busy CPU)
+            with contextlib.suppress(httpx.HTTPError):
+                if httpx.get(url + "gradio_api/info", timeout=5).status_code == 200:
+                    break
+            if server.poll() is not None:
+                raise SystemExit("the app exited before it started serving")
+            time.sleep(1)
+        report = run_soak(url, args.users, args.requests, server_pid=server.pid)
     finally:
-        demo.close()
+        server.terminate()
+        server.wait(timeout=60)
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(report, indent=2))

@@ -12,7 +12,7 @@ from soak import run_soak  # noqa: E402
 
 
 def test_eight_concurrent_users_get_their_own_answers_and_memory_stays_flat(served_app, tmp_path):
-    report = run_soak(served_app[1], users=8, requests=3, folder=tmp_path, log=lambda *args: None)
+    report = run_soak(served_app[1], users=8, requests=3, folder=tmp_path, warmup=1, log=lambda *args: None)
     assert report["requests"] == 24
     assert report["failed"] == 0, report["failures"]
     assert report["wrong_answers"] == 0  # each answer equals what its user got alone
