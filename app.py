@@ -58,6 +58,7 @@ import torch
 from PIL import Image
 
 from hydra_core import viz
+from hydra_core.eval.report import about_model
 
 MAX_SEED = 2**31 - 1 - 4  # image k of a batch uses seed + k
 MAX_IMAGES = 4
@@ -128,6 +129,35 @@ def launch_kwargs() -> dict[str, Any]:
     script that keeps typed numbers, and the upload size limit."""
     return {"theme": gr.themes.Soft(primary_hue="indigo", secondary_hue="emerald"), "css": CSS,
             "js": KEEP_TYPED_NUMBERS, "max_file_size": f"{MAX_UPLOAD_MB}mb"}
+
+
+# ------------------------------------------------------------------ output files
+def _save_pil_to_cache(img: Image.Image, cache_dir: str, name: str = "image", format: str = "webp") -> str:
+    """gradio.processing_utils.save_pil_to_cache, minus a race. Identical outputs share one file named by
+    their content's hash, and Gradio rewrites it in place for every request, so with two identical
+    requests at once one user's download could be cut short by the other's rewrite (seen with
+    concurrent identical /reconstruct calls). Here an existing file is left alone and a new one appears
+    whole (written aside, then renamed)."""
+    from gradio import processing_utils
+
+    data = processing_utils.encode_pil_to_bytes(img, format)
+    folder = Path(cache_dir) / processing_utils.hash_bytes(data)
+    folder.mkdir(exist_ok=True, parents=True)
+    target = (folder / f"{name}.{format}").resolve()
+    if not target.exists():
+        partial = folder / f".{uuid.uuid4().hex}.partial"
+        partial.write_bytes(data)
+        os.replace(partial, target)
+    return str(target)
+
+
+def _patch_gradio_file_cache() -> None:
+    from gradio import processing_utils
+
+    processing_utils.save_pil_to_cache = _save_pil_to_cache  # every image / gallery output goes through it
+
+
+_patch_gradio_file_cache()
 
 
 # ------------------------------------------------------------------ errors
@@ -935,6 +965,8 @@ def build_demo(pipeline) -> gr.Blocks:
         gr.Markdown("# HYDRA Studio\nText-to-image, reconstruction and chat with one unified model, with its "
                     "generation-semantic bottleneck (GSB) latents beside every output.")
         status = gr.Markdown(h.status(), elem_id="status")
+        with gr.Accordion("About this model", open=False, elem_id="about"):
+            gr.Markdown(about_model(getattr(pipeline, "path", None)))
 
         def refresh(event):
             """After an event, success or not, update the status line."""

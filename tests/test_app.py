@@ -312,3 +312,19 @@ def test_a_full_queue_answers_busy_and_the_app_keeps_serving(client, served_app,
     assert "busy" in outcomes and outcomes.count("ok") >= app.QUEUE_SIZE
     monkeypatch.setattr(handlers.device, "reconstruct", real)
     assert Path(client.predict(**kwargs)[1]).is_file()
+
+
+def test_identical_outputs_are_not_rewritten_under_a_download(tmp_path):
+    """Gradio names output files by their content; rewriting one in place for a second identical request
+    cut a concurrent download short. The app's replacement leaves an existing file alone."""
+    from gradio import processing_utils
+
+    assert processing_utils.save_pil_to_cache is app._save_pil_to_cache
+    image = Image.new("RGB", (16, 16), (10, 200, 30))
+    first = processing_utils.save_pil_to_cache(image, str(tmp_path), format="png")
+    stamp = os.stat(first).st_mtime_ns
+    time.sleep(0.02)
+    assert processing_utils.save_pil_to_cache(image, str(tmp_path), format="png") == first
+    assert os.stat(first).st_mtime_ns == stamp
+    assert pixels(first).tolist() == np.asarray(image).tolist()
+    assert not list(tmp_path.rglob("*.partial"))
