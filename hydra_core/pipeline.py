@@ -24,10 +24,10 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from transformers import PreTrainedTokenizerFast
 from transformers.generation.logits_process import TemperatureLogitsWarper, TopPLogitsWarper
 
-from .config import EOS_TOKEN, IMG_START, NULL_TOKEN
+from .config import EOS_TOKEN, NULL_TOKEN
 from .eval.metrics import psnr, ssim
 from .sampling import sample_flow
-from .text import expand_images, render_chat
+from .text import expand_images, generation_text, render_chat
 from .unified import HydraModel
 from .viz import PCABasis
 from .config import SPECIAL_TOKENS  # noqa: I001  (reserved in user text)
@@ -370,10 +370,6 @@ class HydraPipeline:
         check_number("seed", seed, 0, MAX_SEED, integer=True)
 
     # ------------------------------------------------------------------ generation
-    def _generation_prompt(self, prompt: str) -> str:
-        chat = render_chat(self.tokenizer, [{"role": "user", "content": prompt}], add_generation_prompt=True)
-        return chat + IMG_START
-
     @torch.no_grad()
     def generate(self, prompt: str, num_images: int = 1, steps: int | None = None, guidance: float | None = None,
                  seed: int = 0, decoder_steps: int | None = None, return_trajectory: bool = False,
@@ -395,9 +391,9 @@ class HydraPipeline:
         generators = [torch.Generator().manual_seed(s) for s in seeds]
 
         use_cfg = guidance != 1.0
-        texts = [self._generation_prompt(prompt)] * num_images
+        texts = [generation_text(self.tokenizer, prompt)] * num_images
         if use_cfg:
-            texts += [self._generation_prompt(NULL_TOKEN)] * num_images
+            texts += [generation_text(self.tokenizer, NULL_TOKEN)] * num_images
         enc = self.tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(self.device)
         prefix = model.prefill(enc.input_ids, enc.attention_mask)
 

@@ -1,8 +1,12 @@
 """The one flow-matching sampling loop, used by the pixel decoder and by text-to-image generation.
 
 Convention (diffusers' FlowMatchEulerDiscreteScheduler): x_t = (1 - t) * x0 + t * eps, t = sigma in
-[0, 1], t = 1 is pure noise, and the model predicts the velocity v = eps - x0. An Euler step is
+[0, 1], t = 1 is pure noise, and the sampler integrates the velocity v = eps - x0. An Euler step is
 x_{t'} = x_t + (t' - t) * v.
+
+A network may output the velocity itself ("v") or the clean sample ("x", as in JiT, arXiv 2511.13720);
+`to_velocity` turns either into v, and `flow_matching_loss` always takes the loss on v, so the two
+differ only in what the network's last layer has to represent.
 """
 
 from __future__ import annotations
@@ -12,6 +16,11 @@ from typing import Callable
 import numpy as np
 import torch
 from diffusers import FlowMatchEulerDiscreteScheduler
+from diffusers.training_utils import compute_density_for_timestep_sampling
+
+PREDICTIONS = ("v", "x")
+# x-prediction divides by t; near the clean end the division is clamped (JiT clamps it the same way).
+MIN_T = 0.05
 
 VelocityFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 # (step index, t reached, x after the step, clean estimate x_t - t * v made at this step)
@@ -57,9 +66,39 @@ def sample_flow(
     return x
 
 
-def sample_logit_normal(batch: int, generator: torch.Generator | None = None, device=None) -> torch.Tensor:
-    """Training times t ~ sigmoid(N(0, 1)) (SD3's logit-normal), a few uniform for coverage."""
-    t = torch.sigmoid(torch.randn(batch, generator=generator, device=device))
-    uniform = torch.rand(batch, generator=generator, device=device)
-    use_uniform = torch.rand(batch, generator=generator, device=device) < 0.1
-    return torch.where(use_uniform, uniform, t)
+def sample_logit_normal(batch: int, generator: torch.Generator | None = None, device=None,
+                        loc: float = 0.0, scale: float = 1.0) -> torch.Tensor:
+    """Training times t ~ sigmoid(N(loc, scale)) (SD3's logit-normal; loc > 0 favours noise), 10% uniform.
+
+    Drawn on the CPU generator, so a seeded run draws the same times on any device."""
+    t = compute_density_for_timestep_sampling("logit_normal", batch, logit_mean=loc, logit_std=scale,
+                                              generator=generator)
+    uniform = torch.rand(batch, generator=generator)
+    use_uniform = torch.rand(batch, generator=generator) < 0.1
+    return torch.where(use_uniform, uniform, t).to(device)
+
+
+def _expand(t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    return t.reshape(-1, *([1] * (like.dim() - 1))).to(like.dtype)
+
+
+def to_velocity(prediction: str, output: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """A network output -> the velocity eps - x0. "v": the output is v; "x": it is the clean sample,
+    and v = (x_t - x0_hat) / t (t clamped at MIN_T)."""
+    if prediction == "v":
+        return output
+    if prediction == "x":
+        return (x_t - output) / _expand(t, x_t).clamp(min=MIN_T)
+    raise ValueError(f"prediction must be one of {PREDICTIONS}, got {prediction!r}")
+
+
+def clean_estimate(prediction: str, output: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """A network output -> its estimate of the clean sample x0 (x_t - t * v for "v")."""
+    return output if prediction == "x" else x_t - _expand(t, x_t) * output
+
+
+def flow_matching_loss(prediction: str, output: torch.Tensor, x_t: torch.Tensor, x0: torch.Tensor,
+                       eps: torch.Tensor, t: torch.Tensor, reduce: bool = True) -> torch.Tensor:
+    """Mean squared error on the velocity, whatever the network predicts; reduce=False: one per sample [B]."""
+    error = (to_velocity(prediction, output.float(), x_t.float(), t) - (eps - x0).float()).pow(2)
+    return error.mean() if reduce else error.flatten(1).mean(1)

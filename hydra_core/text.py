@@ -57,3 +57,10 @@ def render_chat(tokenizer: PreTrainedTokenizerFast, messages: list[dict], add_ge
 def expand_images(text: str, num_image_tokens: int) -> str:
     """Replace each <|image|> placeholder by the block of image positions the model fills."""
     return text.replace(IMAGE_TOKEN, IMG_START + IMG_PAD * num_image_tokens + IMG_END)
+
+
+def generation_text(tokenizer: PreTrainedTokenizerFast, prompt: str, num_image_tokens: int = 0) -> str:
+    """What the model reads before (and, with num_image_tokens, including) an image it generates:
+    the prompt as a user turn, the assistant's turn opened, <|vision_start|>, then the image positions."""
+    chat = render_chat(tokenizer, [{"role": "user", "content": prompt}], add_generation_prompt=True)
+    return chat + IMG_START + IMG_PAD * num_image_tokens

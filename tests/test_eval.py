@@ -70,7 +70,16 @@ def test_evaluate_all_suites(tiny_pipeline):
     assert len(results["geneval_samples"]) == 6
     _check_accuracies(results["vqa"], sw.QTYPES, 6)
     assert [s["qtype"] for s in results["vqa_samples"]] == [*sw.QTYPES, "count"]
-    assert set(results["seconds"]) == {"recon", "geneval", "vqa"}
+    assert set(results["seconds"]) == {"recon", "geneval", "vqa", "conditioning"}
+    # Every score carries its input-blind control.
+    for source in ("shapesworld", "photos"):
+        assert results["recon"][source]["thumbnail_psnr"] > 10
+    _check_accuracies(results["geneval"]["mismatched"] | {"n": 6}, sw.TAGS, 6)
+    for control in ("other_image", "blank_image", "majority"):
+        _check_accuracies(results["vqa"][control] | {"n": 6}, sw.QTYPES, 6)
+    assert {"reply", "other_reply", "blank_reply"} <= set(results["vqa_samples"][0])
+    conditioning = results["conditioning"]
+    assert conditioning["n"] == 6 and all(conditioning[k] > 0 for k in ("right", "shuffled", "null"))
     json.dumps(results, allow_nan=False)
     table = format_table(results)
     assert "shapesworld psnr" in table and "overall" in table
@@ -80,7 +89,8 @@ def test_prompts_file_and_images_folder(tiny_pipeline, prompts_file, tmp_path):
     results = evaluate(tiny_pipeline, suites=("geneval",), limit=5, steps=2, prompts_file=prompts_file)
     assert set(results) >= {"geneval", "geneval_samples"} and "recon" not in results and "vqa" not in results
     assert results["geneval"]["n"] == 2
-    assert [k for k in results["geneval"] if k not in ("overall", "n")] == ["counting", "colors"]
+    assert [k for k in results["geneval"] if k not in ("overall", "n", "mismatched")] == ["counting", "colors"]
+    assert results["geneval_samples"][0]["mismatched_prompt"] == CUSTOM_PROMPTS[1]["prompt"]  # two prompts: each judged by the other
     assert [s["prompt"] for s in results["geneval_samples"]] == [m["prompt"] for m in CUSTOM_PROMPTS]
 
     folder = tmp_path / "images"
@@ -123,6 +133,8 @@ def test_geneval_scorer_is_not_trivial():
     truth = [sw.render(sw.scene_for_prompt(m, rng)) for m in metas]
     summary, samples = score_geneval(truth, metas)
     assert summary["n"] == 30 and summary["overall"] >= 0.95, [s for s in samples if not s["correct"]]
+    # The control judges each image against another prompt of its tag: perfect images score far less.
+    assert summary["mismatched"]["overall"] <= summary["overall"] - 0.5, summary["mismatched"]
     blank = [np.full((64, 64, 3), 255, np.uint8)] * len(metas)
     assert score_geneval(blank, metas)[0]["overall"] <= 0.05
 
@@ -140,3 +152,18 @@ def test_helpers(prompts_file, tmp_path):
     items = vqa_items(11, seed=0, size=64)
     counts = {q: sum(qa.qtype == q for _, qa in items) for q in sw.QTYPES}
     assert len(items) == 11 and max(counts.values()) - min(counts.values()) <= 1
+
+
+def test_about_model_shows_each_score_beside_its_control(tiny_pipeline, tmp_path):
+    from hydra_core.eval.report import about_model
+
+    assert "no `eval.json`" in about_model(tmp_path)
+    results = evaluate(tiny_pipeline, limit=6, seed=1, steps=2)
+    (tmp_path / "eval.json").write_text(json.dumps(results))
+    text = about_model(tmp_path)
+    shapes_row = next(line for line in text.splitlines() if line.startswith("| recon PSNR, held-out ShapesWorld"))
+    assert f"thumbnail {results['recon']['shapesworld']['thumbnail_psnr']:.3f}" in shapes_row
+    overall_row = next(line for line in text.splitlines() if line.startswith("| GenEval overall"))
+    assert f"mismatched prompt {results['geneval']['mismatched']['overall']:.3f}" in overall_row
+    assert "blank" in next(line for line in text.splitlines() if line.startswith("| VQA overall"))
+    assert "shuffled prompts" in text

@@ -15,7 +15,9 @@ STEPS = 6
 @pytest.fixture(scope="module")
 def builder(tmp_path_factory):
     work = tmp_path_factory.mktemp("build")
-    return build.Builder(work, work / "out", scale=1.0, seed=0, pool_size=48)
+    builder = build.Builder(work, work / "out", scale=1.0, seed=0, pool_size=48)
+    builder.measure_latents()  # the unified stages read the pool's latents
+    return builder
 
 
 @pytest.mark.parametrize("stage", ["teacher", "text", "tok1", "tok2", "umm1", "umm2", "umm3"])

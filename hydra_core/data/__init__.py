@@ -22,6 +22,7 @@ from .shapesworld import (
     Scene,
     SceneObject,
     captions,
+    dense_caption,
     detect_objects,
     evaluate_prompt,
     object_relations,
@@ -37,7 +38,7 @@ from .shapesworld import (
 
 __all__ = [
     "BACKGROUNDS", "COLORS", "IMAGE_SIZE", "NUMBER_WORDS", "QA", "QTYPES", "RELATIONS",
-    "SHAPES", "SIZES", "TAGS", "TINTS", "Detection", "Scene", "SceneObject", "captions",
+    "SHAPES", "SIZES", "TAGS", "TINTS", "Detection", "Scene", "SceneObject", "captions", "dense_caption",
     "detect_objects", "evaluate_prompt", "object_relations", "qa_pairs", "relations",
     "render", "sample_prompt", "sample_scene", "scene_for_prompt", "scene_satisfies",
     "text_corpus", "HELDOUT_PHOTOS", "PHOTO_NAMES", "heldout_photo_crops", "load_photos",

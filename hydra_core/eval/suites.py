@@ -7,12 +7,24 @@
            `overall` = mean over the tags present (as GenEval averages).
 * vqa      one-word questions about held-out scenes, answered greedily; accuracy per question type
            and over all questions.
+* conditioning  the flow loss on held-out (GenEval prompt, scene) pairs with the right prompts, the
+           same prompts shuffled and the null prompt, at fixed times and noise: whether generation
+           listens to its prompt at all, independent of how good the decoder is.
+
+Every score comes with its input-blind control, so a score equal to its control reads as chance:
+recon beside an 8x8 thumbnail enlarged again (bicubic); geneval beside the same images judged
+against another prompt's metadata of the same tag ("mismatched"); vqa beside the same questions
+asked about another scene's image and about a blank image, and beside answering each question type
+with its most common answer ("majority").
 
 Result (also the CLI's JSON): {"checkpoint", "seed", "limit", "steps",
-  "recon": {"shapesworld" | "photos" | "images": {"psnr", "ssim", "n"[, "skipped"]}},
-  "geneval": {<tag>: acc for the tags present, "overall", "n"}, "geneval_samples": [{prompt, tag, correct, reason}],
-  "vqa": {<qtype>: acc for the types present, "overall", "n"},
-  "vqa_samples": [{question, answer, qtype, reply, correct}],
+  "recon": {"shapesworld" | "photos" | "images": {"psnr", "ssim", "n", "thumbnail_psnr"[, "skipped"]}},
+  "geneval": {<tag>: acc for the tags present, "overall", "n", "mismatched": {<tag>..., "overall"}},
+  "geneval_samples": [{prompt, tag, correct, reason, mismatched_prompt, mismatched_correct}],
+  "vqa": {<qtype>: acc for the types present, "overall", "n",
+          "other_image" | "blank_image" | "majority": {<qtype>..., "overall"}},
+  "vqa_samples": [{question, answer, qtype, reply, correct, other_reply, blank_reply}],
+  "conditioning": {"right", "shuffled", "null", "gap", "times", "n"},
   "seconds": {<suite>: s}}; a suite not run is absent; a mean over nothing is None.
 
 Held-out data is drawn from `np.random.default_rng([seed, EVAL_STREAM, suite])`, a key no training
@@ -29,6 +41,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterable
 
 import numpy as np
+import torch
 from PIL import Image
 
 from ..data import shapesworld as sw
@@ -38,13 +51,15 @@ from .metrics import psnr, ssim
 if TYPE_CHECKING:
     from ..pipeline import HydraPipeline
 
-SUITES = ("recon", "geneval", "vqa")
+SUITES = ("recon", "geneval", "vqa", "conditioning")
 DEFAULT_LIMIT = 60
 EVAL_STREAM = 1_000_003  # second entry of every evaluation seed key
-_STREAMS = {"recon": 1, "geneval": 2, "vqa": 3}  # third entry (non-zero: SeedSequence ignores trailing zeros)
+_STREAMS = {"recon": 1, "geneval": 2, "vqa": 3, "conditioning": 4}  # third entry (non-zero: SeedSequence ignores trailing zeros)
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 VQA_MAX_NEW_TOKENS = 6
 RECON_BATCH = 16
+THUMBNAIL = 8  # side of the input-blind reconstruction baseline
+CONDITIONING_TIMES = (0.5, 0.7, 0.9)
 
 
 def eval_rng(seed: int, suite: str) -> np.random.Generator:
@@ -88,7 +103,10 @@ def recon_scores(pipe: "HydraPipeline", images: Iterable, steps: int | None, see
             seeds.append(seed + i)
         except ValueError:  # an unreadable or too small image file
             skipped.append(Path(image).name if isinstance(image, (str, Path)) else str(i))
-    psnrs, ssims = [], []
+    psnrs, ssims, thumbnails = [], [], []
+    for original in originals:
+        small = original.resize((THUMBNAIL, THUMBNAIL), Image.BICUBIC).resize(original.size, Image.BICUBIC)
+        thumbnails.append(psnr(np.asarray(original), np.asarray(small)))
     for start in range(0, len(originals), RECON_BATCH):
         batch = originals[start:start + RECON_BATCH]
         reconstructions = pipe.decode(pipe.encode(batch), steps=steps, seeds=seeds[start:start + RECON_BATCH])
@@ -96,7 +114,8 @@ def recon_scores(pipe: "HydraPipeline", images: Iterable, steps: int | None, see
             a, b = np.asarray(original), np.asarray(reconstruction)
             psnrs.append(psnr(a, b))
             ssims.append(ssim(a, b))
-    result = {"psnr": _mean(p for p in psnrs if np.isfinite(p)), "ssim": _mean(ssims), "n": len(ssims)}
+    result = {"psnr": _mean(p for p in psnrs if np.isfinite(p)), "ssim": _mean(ssims), "n": len(ssims),
+              "thumbnail_psnr": _mean(p for p in thumbnails if np.isfinite(p))}
     if skipped:
         result["skipped"] = skipped
     return result
@@ -141,15 +160,28 @@ def read_prompts(path: str | Path, limit: int | None = None) -> list[dict[str, A
     return metas if limit is None else metas[:limit]
 
 
+def mismatched(items: list, group: int) -> list:
+    """Each item's partner from another prompt: the one `group` places on (the same tag when the
+    prompts run round-robin over `group` tags), or the next one when there are too few."""
+    n = len(items)
+    shift = group if n > group else 1
+    return [items[(i + shift) % n] for i in range(n)] if n > 1 else list(items)
+
+
 def score_geneval(images: Iterable, metas: list[dict[str, Any]]) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    """Judge images against their prompts with the oracle: (summary, per-prompt samples)."""
-    samples = []
-    for image, meta in zip(images, metas):
+    """Judge images against their prompts with the oracle: (summary, per-prompt samples). The summary's
+    "mismatched" block judges the same images against other prompts' metadata: the chance level."""
+    images, samples = list(images), []
+    for image, meta, other in zip(images, metas, mismatched(metas, len(sw.TAGS))):
         correct, reason = sw.evaluate_prompt(np.asarray(image), meta)
+        control, _ = sw.evaluate_prompt(np.asarray(image), other)
         samples.append({"prompt": meta["prompt"], "tag": meta.get("tag", "custom"), "correct": bool(correct),
-                        "reason": reason})
-    per_tag = accuracy_by([s["tag"] for s in samples], [s["correct"] for s in samples], sw.TAGS)
-    return {**per_tag, "overall": _mean(per_tag.values()), "n": len(samples)}, samples
+                        "reason": reason, "mismatched_prompt": other["prompt"], "mismatched_correct": bool(control)})
+    tags = [s["tag"] for s in samples]
+    per_tag = accuracy_by(tags, [s["correct"] for s in samples], sw.TAGS)
+    control = accuracy_by(tags, [s["mismatched_correct"] for s in samples], sw.TAGS)
+    return {**per_tag, "overall": _mean(per_tag.values()), "n": len(samples),
+            "mismatched": {**control, "overall": _mean(control.values())}}, samples
 
 
 def run_geneval(pipe: "HydraPipeline", limit: int, seed: int, steps: int | None = None,
@@ -187,20 +219,86 @@ def vqa_items(limit: int, seed: int, size: int) -> list[tuple[Image.Image, sw.QA
     return items[:limit]
 
 
-def ask(pipe: "HydraPipeline", image: Image.Image, question: str) -> str:
-    messages = [{"role": "user", "content": [{"type": "image", "image": image}, {"type": "text", "text": question}]}]
-    return pipe.chat_text(messages, max_new_tokens=VQA_MAX_NEW_TOKENS, temperature=0.0)
+def ask(pipe: "HydraPipeline", image: Image.Image | None, question: str) -> str:
+    content = [{"type": "text", "text": question}]
+    if image is not None:
+        content.insert(0, {"type": "image", "image": image})
+    return pipe.chat_text([{"role": "user", "content": content}], max_new_tokens=VQA_MAX_NEW_TOKENS, temperature=0.0)
+
+
+def blank_image(size: int) -> Image.Image:
+    return Image.new("RGB", (size, size), sw.TINTS["white"])
+
+
+def _summary(qtypes: list[str], correct: list[bool]) -> dict[str, Any]:
+    return {**accuracy_by(qtypes, correct, sw.QTYPES), "overall": _mean(correct)}
 
 
 def run_vqa(pipe: "HydraPipeline", limit: int, seed: int) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """Accuracy, and the same questions about another scene's image and about a blank image."""
+    items = vqa_items(limit, seed, pipe.image_size)
+    others = mismatched([image for image, _ in items], len(sw.QTYPES))
+    blank = blank_image(pipe.image_size)
     samples = []
-    for image, qa in vqa_items(limit, seed, pipe.image_size):
-        reply = ask(pipe, image, qa.question)
-        samples.append({"question": qa.question, "answer": qa.answer, "qtype": qa.qtype, "reply": reply,
-                        "correct": normalize_answer(reply) == qa.answer})
-    correct = [s["correct"] for s in samples]
-    per_type = accuracy_by([s["qtype"] for s in samples], correct, sw.QTYPES)
-    return {**per_type, "overall": _mean(correct), "n": len(samples)}, samples
+    for (image, qa), other in zip(items, others):
+        replies = {key: ask(pipe, im, qa.question) for key, im in (("reply", image), ("other_reply", other),
+                                                                  ("blank_reply", blank))}
+        samples.append({"question": qa.question, "answer": qa.answer, "qtype": qa.qtype, **replies,
+                        "correct": normalize_answer(replies["reply"]) == qa.answer})
+    qtypes = [s["qtype"] for s in samples]
+    majority = {}
+    for qtype in set(qtypes):
+        answers = [s["answer"] for s in samples if s["qtype"] == qtype]
+        majority[qtype] = max(sorted(set(answers)), key=answers.count)
+    result = _summary(qtypes, [s["correct"] for s in samples]) | {"n": len(samples)}
+    result["other_image"] = _summary(qtypes, [normalize_answer(s["other_reply"]) == s["answer"] for s in samples])
+    result["blank_image"] = _summary(qtypes, [normalize_answer(s["blank_reply"]) == s["answer"] for s in samples])
+    result["majority"] = _summary(qtypes, [majority[s["qtype"]] == s["answer"] for s in samples])
+    return result, samples
+
+
+# ---------------------------------------------------------------------- conditioning
+def conditioning_items(limit: int, seed: int, size: int) -> tuple[list[str], np.ndarray]:
+    """Held-out GenEval prompts (round-robin over the tags) and a scene rendered for each: uint8 [n, S, S, 3]."""
+    rng = eval_rng(seed, "conditioning")
+    metas = [sw.sample_prompt(rng, sw.TAGS[i % len(sw.TAGS)]) for i in range(limit)]
+    images = [sw.render(sw.scene_for_prompt(meta, rng), size=size) for meta in metas]
+    return [m["prompt"] for m in metas], np.stack(images) if images else np.zeros((0, size, size, 3), np.uint8)
+
+
+@torch.no_grad()
+def prompt_flow_losses(model, tokenizer, prompts: list[str], latents: torch.Tensor, seed: int = 0,
+                       times: Iterable[float] = CONDITIONING_TIMES) -> dict[str, Any]:
+    """Flow loss of clean GSB means `latents` [n, N, C] with the right prompts, the prompts shuffled
+    (each scene gets another prompt of the same tag) and the null prompt; the same noise and times for
+    all three, so only the prompt differs. gap = 1 - right / shuffled (0: the prompt is ignored)."""
+    from ..config import NULL_TOKEN
+    from ..text import generation_text
+
+    n_tokens = latents.shape[1]
+    x0 = model.normalize(latents.to(model.device).float())
+    generator = torch.Generator().manual_seed(seed)
+    eps = torch.randn(x0.shape, generator=generator).to(x0.device)
+    variants = {"right": prompts, "shuffled": mismatched(prompts, len(sw.TAGS)),
+                "null": [NULL_TOKEN] * len(prompts)}
+    out: dict[str, Any] = {}
+    for name, texts in variants.items():
+        enc = tokenizer([generation_text(tokenizer, p, n_tokens) for p in texts], return_tensors="pt",
+                        padding=True, add_special_tokens=False).to(model.device)
+        losses = [float(model.flow_loss_at(enc.input_ids, enc.attention_mask, x0, eps,
+                                           torch.full((len(texts),), t, device=x0.device)))
+                  for t in times]
+        out[name] = float(np.mean(losses))
+    out["gap"] = 1 - out["right"] / out["shuffled"] if out["shuffled"] else None
+    return out | {"times": list(times), "n": len(prompts)}
+
+
+def run_conditioning(pipe: "HydraPipeline", limit: int, seed: int) -> dict[str, Any]:
+    prompts, images = conditioning_items(limit, seed, pipe.image_size)
+    if not prompts:
+        return {"right": None, "shuffled": None, "null": None, "gap": None, "n": 0}
+    latents = pipe.encode(list(images))
+    return prompt_flow_losses(pipe.model, pipe.tokenizer, prompts, latents, seed)
 
 
 # ---------------------------------------------------------------------- all
@@ -220,6 +318,7 @@ def evaluate(pipe: "HydraPipeline", suites: Iterable[str] = SUITES, limit: int =
         "recon": lambda: run_recon(pipe, limit, seed, steps, images_dir),
         "geneval": lambda: run_geneval(pipe, limit, seed, steps, prompts_file),
         "vqa": lambda: run_vqa(pipe, limit, seed),
+        "conditioning": lambda: run_conditioning(pipe, limit, seed),
     }
     results: dict[str, Any] = {"checkpoint": pipe.name, "seed": seed, "limit": limit, "steps": steps}
     seconds = {}
@@ -241,17 +340,29 @@ def _fmt(value: Any) -> str:
     return "-" if value is None else f"{value:.3f}" if isinstance(value, float) else str(value)
 
 
+CONTROLS = {"geneval": ("mismatched",), "vqa": ("other_image", "blank_image", "majority")}
+
+
 def format_table(results: dict[str, Any]) -> str:
-    """A short plain-text table of the headline numbers."""
-    rows = [("suite", "metric", "value", "n")]
+    """A plain-text table of the headline numbers, each beside its input-blind control(s)."""
+    rows = [("suite", "metric", "value", "control", "n")]
     for name, scores in results.get("recon", {}).items():
-        rows.append(("recon", f"{name} psnr", _fmt(scores["psnr"]), str(scores["n"])))
-        rows.append(("recon", f"{name} ssim", _fmt(scores["ssim"]), ""))
+        rows.append(("recon", f"{name} psnr", _fmt(scores["psnr"]), f"thumbnail {_fmt(scores.get('thumbnail_psnr'))}",
+                     str(scores["n"])))
+        rows.append(("recon", f"{name} ssim", _fmt(scores["ssim"]), "", ""))
     for suite in ("geneval", "vqa"):
-        for key, value in results.get(suite, {}).items():
-            if key != "n":
-                rows.append((suite, key, _fmt(value), str(results[suite]["n"]) if key == "overall" else ""))
-    widths = [max(len(row[i]) for row in rows) for i in range(4)]
+        block = results.get(suite, {})
+        for key, value in block.items():
+            if key == "n" or isinstance(value, dict):
+                continue
+            control = " / ".join(f"{c} {_fmt(block[c].get(key))}" for c in CONTROLS[suite] if c in block)
+            rows.append((suite, key, _fmt(value), control, str(block["n"]) if key == "overall" else ""))
+    if "conditioning" in results:
+        c = results["conditioning"]
+        rows.append(("conditioning", "flow loss, right prompts", _fmt(c["right"]),
+                     f"shuffled {_fmt(c['shuffled'])} / null {_fmt(c['null'])}", str(c["n"])))
+        rows.append(("conditioning", "gap (1 - right/shuffled)", _fmt(c["gap"]), "0 = prompt ignored", ""))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows]
     lines.insert(1, "  ".join("-" * w for w in widths))
     seconds = ", ".join(f"{k} {v:.1f}s" for k, v in results.get("seconds", {}).items())

@@ -19,7 +19,7 @@ from transformers import InternVLVisionModel
 from transformers.models.internvl.modeling_internvl import InternVLVisionEmbeddings, InternVLVisionLayer
 
 from ..config import HydraTokConfig
-from ..sampling import sample_logit_normal
+from ..sampling import clean_estimate, flow_matching_loss, sample_logit_normal
 from .gsb import GenerationSemanticBottleneck, GSBOutput, cosine_loss
 from .pixel_decoder import PixelFlowDecoder
 
@@ -153,14 +153,15 @@ class HydraTok(nn.Module):
 
     def decoder_losses(self, pixels: torch.Tensor, latent: torch.Tensor,
                        generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """Flow-matching loss of the decoder and its one-step clean estimate x_hat = x_t - t * v."""
-        t = sample_logit_normal(pixels.shape[0], generator=generator).to(pixels.device)
+        """Flow-matching loss of the decoder (on the velocity) and its one-step clean estimate x_hat."""
+        cfg = self.config
+        t = sample_logit_normal(pixels.shape[0], generator=generator, loc=cfg.decoder_time_loc).to(pixels.device)
         eps = torch.randn(pixels.shape, generator=generator).to(pixels.device)
         t4 = t[:, None, None, None]
         x_t = (1 - t4) * pixels + t4 * eps
-        v = self.decoder(x_t, t, latent)
-        flow = torch.nn.functional.mse_loss(v, eps - pixels)
-        return flow, (x_t - t4 * v).clamp(-1, 1)
+        out = self.decoder(x_t, t, latent)
+        flow = flow_matching_loss(cfg.decoder_prediction, out, x_t, pixels, eps, t)
+        return flow, clean_estimate(cfg.decoder_prediction, out, x_t, t).clamp(-1, 1)
 
     def distill_loss(self, enc: HydraTokEncoding, teacher_hidden: tuple[torch.Tensor, ...]) -> torch.Tensor:
         """sum over distill_layers of 1 - cos(student block l, teacher block l), patch tokens.

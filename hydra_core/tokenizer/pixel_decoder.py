@@ -15,7 +15,7 @@ from torch import nn
 
 from ..config import HydraTokConfig
 from ..layers import DiTBlock, FinalLayer, TimestepEmbedder
-from ..sampling import StepCallback, sample_flow
+from ..sampling import StepCallback, sample_flow, to_velocity
 
 
 def patchify(images: torch.Tensor, patch: int) -> torch.Tensor:
@@ -48,7 +48,8 @@ class PixelFlowDecoder(nn.Module):
         self.final = FinalLayer(width, 3 * patch * patch)
 
     def forward(self, x_t: torch.Tensor, t: torch.Tensor, latent: torch.Tensor) -> torch.Tensor:
-        """x_t [B, 3, H, W], t [B], latent [B, N, C] -> velocity [B, 3, H, W]."""
+        """x_t [B, 3, H, W], t [B], latent [B, N, C] -> the velocity or the clean image (config's
+        decoder_prediction) [B, 3, H, W]."""
         dtype = self.pos_embed.dtype  # not patch_embed's: under int8/nf4 that holds packed integers
         latent = latent.to(dtype)
         h = self.patch_embed(patchify(x_t.to(dtype), self.config.patch_size)) + self.latent_proj(latent) + self.pos_embed
@@ -67,6 +68,11 @@ class PixelFlowDecoder(nn.Module):
             noise = torch.randn(latent.shape[0], 3, size, size, generator=generator, device="cpu")
         noise = noise.to(device=latent.device, dtype=torch.float32)
         steps = self.config.decoder_steps if steps is None else steps
-        image = sample_flow(lambda x, t: self(x, t, latent).float(), noise, steps,
+        prediction = self.config.decoder_prediction
+
+        def velocity(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+            return to_velocity(prediction, self(x, t, latent).float(), x, t)
+
+        image = sample_flow(velocity, noise, steps,
                             shift=self.config.decoder_time_shift, callback=callback)
         return image.clamp(-1, 1)

@@ -15,7 +15,7 @@ from transformers import PreTrainedTokenizerFast
 
 from ..config import NULL_TOKEN
 from ..data import photos, shapesworld as sw
-from ..text import expand_images, render_chat
+from ..text import expand_images, generation_text, render_chat
 
 DESCRIBE = ("describe the image.", "what is in the picture?", "caption this image.")
 
@@ -129,7 +129,7 @@ def understanding_batch(tokenizer, pool: ScenePool, rng, batch: int, num_image_t
         labels.append(lab)
     input_ids = pad_right(rows, tokenizer.pad_token_id)
     return {"input_ids": input_ids, "attention_mask": pad_right([[1] * len(r) for r in rows], 0),
-            "labels": pad_right(labels, -100), "images": pool.images[idx]}
+            "labels": pad_right(labels, -100), "index": idx}
 
 
 def text_batch(tokenizer, pool: ScenePool, rng, batch: int):
@@ -148,24 +148,26 @@ def text_batch(tokenizer, pool: ScenePool, rng, batch: int):
             "attention_mask": pad_right([[1] * len(r) for r in rows], 0), "labels": pad_right(labels, -100)}
 
 
-def generation_prompt(tokenizer, prompt: str) -> str:
-    """The same text the pipeline feeds before generating an image."""
-    from ..config import IMG_START
+def generation_prompt_for(pool: ScenePool, i: int, rng: np.random.Generator, dense_share: float) -> str:
+    """The text a scene is generated from: its GenEval prompt (when it was drawn for one) or a caption;
+    a dense caption (every object's size, colour, shape and place, and the background) with
+    probability dense_share."""
+    if rng.random() < dense_share:
+        return sw.dense_caption(pool.scenes[i])
+    meta = pool.prompts[i]
+    return meta["prompt"] if meta is not None and rng.random() < 0.7 else sw.captions(pool.scenes[i], rng)[0]
 
-    return render_chat(tokenizer, [{"role": "user", "content": prompt}], add_generation_prompt=True) + IMG_START
 
-
-def generation_batch(tokenizer, pool: ScenePool, rng, batch: int, num_image_tokens: int, cfg_dropout: float):
-    """Prompt prefix (left-padded) + image positions; the prompt is the null token with prob cfg_dropout."""
-    from ..config import IMG_PAD
-
+def generation_batch(tokenizer, pool: ScenePool, rng, batch: int, num_image_tokens: int, cfg_dropout: float,
+                     dense_share: float = 0.0):
+    """Prompt prefix (left-padded) + image positions; the prompt is the null token with prob cfg_dropout.
+    "index": the pool scenes that are the targets."""
     idx = rng.integers(0, len(pool.scenes), batch)
     texts = []
     for i in idx:
-        meta = pool.prompts[i]
-        prompt = meta["prompt"] if meta is not None and rng.random() < 0.7 else sw.captions(pool.scenes[i], rng)[0]
+        prompt = generation_prompt_for(pool, i, rng, dense_share)
         if rng.random() < cfg_dropout:
             prompt = NULL_TOKEN
-        texts.append(generation_prompt(tokenizer, prompt) + IMG_PAD * num_image_tokens)
+        texts.append(generation_text(tokenizer, prompt, num_image_tokens))
     enc = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
-    return {"input_ids": enc.input_ids, "attention_mask": enc.attention_mask, "images": pool.images[idx]}
+    return {"input_ids": enc.input_ids, "attention_mask": enc.attention_mask, "index": idx}

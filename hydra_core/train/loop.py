@@ -28,6 +28,7 @@ class LoopConfig:
     log_every: int = 25
     grad_clip: float = 1.0
     weight_decay: float = 0.01
+    monitor_every: int = 0  # run the monitor (held-out measures) every this many steps; 0: never
 
 
 def lr_factor(step: int, cfg: LoopConfig) -> float:
@@ -39,8 +40,11 @@ def lr_factor(step: int, cfg: LoopConfig) -> float:
 
 def train(accelerator: Accelerator, modules: dict[str, torch.nn.Module], param_groups: list[dict],
           step_fn: Callable[[int], dict[str, torch.Tensor]], cfg: LoopConfig,
-          extra_optimizers: list[tuple[torch.optim.Optimizer, Callable[[int], None]]] = ()) -> None:
+          extra_optimizers: list[tuple[torch.optim.Optimizer, Callable[[int], None]]] = (),
+          monitor: Callable[[], dict[str, float]] | None = None) -> None:
     """Run `cfg.steps` optimizer steps of `step_fn(step) -> {"loss": ..., other logged scalars}`.
+
+    `monitor() -> {name: value}` (held-out measures) is logged every cfg.monitor_every steps and at the end.
 
     State (weights of `modules`, optimizers, step) is saved to cfg.out/state every save_every steps and
     restored from there, so an interrupted stage resumes where it stopped."""
@@ -76,6 +80,9 @@ def train(accelerator: Accelerator, modules: dict[str, torch.nn.Module], param_g
         if (step + 1) % cfg.log_every == 0 or step + 1 == cfg.steps:
             record = {"step": step + 1, **{k: round(float(v.detach()), 5) for k, v in losses.items()},
                       "sec_per_step": round((time.perf_counter() - tick) / cfg.log_every, 3)}
+            if monitor is not None and cfg.monitor_every and (
+                    (step + 1) % cfg.monitor_every == 0 or step + 1 == cfg.steps):
+                record |= {k: round(float(v), 5) for k, v in monitor().items()}
             tick = time.perf_counter()
             log.write(json.dumps(record) + "\n")
             log.flush()

@@ -2,7 +2,7 @@
 
 Paper (App. D, Tab. 6): UMM stage I trains the vision components with the LLM frozen (vision head
 1e-4, Sem-ViT 5e-5); stages II and III unlock everything (vision head 5e-5, LLM and Sem-ViT 2e-5).
-The tiny model keeps those ratios at 10x the rates (a 3M-parameter LLM from scratch, a few thousand
+The tiny model keeps those ratios at 10-25x the rates (a 3M-parameter LLM from scratch, a few thousand
 steps). The tokenizer's encoder (Gen-ViT, GSB projection) and pixel decoder stay frozen in the
 unified stages: their latent space is the generation target.
 """
@@ -34,14 +34,14 @@ class Stage:
 UMM_STAGES = {
     "umm1": Stage("umm1", {"vision_head": 1e-3, "sem_vit": 5e-4}, (0, 1, 3),
                   "Unified representation alignment: LLM frozen"),
-    "umm2": Stage("umm2", {"vision_head": 5e-4, "llm": 2e-4, "sem_vit": 2e-4}, (0, 2, 2),
+    "umm2": Stage("umm2", {"vision_head": 1e-3, "llm": 5e-4, "sem_vit": 5e-4}, (0, 2, 2),
                   "Comprehensive multimodal pre-training: all unified parameters"),
-    "umm3": Stage("umm3", {"vision_head": 5e-4, "llm": 2e-4, "sem_vit": 2e-4}, (1, 2, 2),
+    "umm3": Stage("umm3", {"vision_head": 1e-3, "llm": 5e-4, "sem_vit": 5e-4}, (1, 2, 2),
                   "Instruction fine-tuning: QA and multi-turn chat"),
 }
 TOKENIZER_STAGES = {
     "text": Stage("text", {"llm": 2e-3}, description="Text pre-training of the tiny LLM (stands in for Qwen2.5's)"),
-    "tok1": Stage("tok1", {"tokenizer": 5e-4}, description="Tokenizer foundation training, end to end"),
+    "tok1": Stage("tok1", {"tokenizer": 1e-3}, description="Tokenizer foundation training, end to end"),
     "tok2": Stage("tok2", {"decoder": 2e-4}, description="Decoder refinement with the GAN loss, encoder frozen"),
 }
 STAGES = TOKENIZER_STAGES | UMM_STAGES

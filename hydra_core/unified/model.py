@@ -6,7 +6,8 @@ Images enter the LLM the same way for understanding and generation:
     latent [B, N, C] -> GSB un-projection -> Sem-ViT -> projector -> [B, N, H] at the <|image_pad|>
 positions of the sequence. For understanding the latent is the clean GSB mean; for generation it is
 z_t = (1 - t) * mu + t * eps in the normalised latent space ((mu - latent_mean) / latent_std), and the
-flow head reads the hidden states at those positions and predicts v = eps - mu.
+flow head reads the hidden states at those positions and predicts v = eps - mu (or, with
+flow_prediction "x", the clean latent mu, turned into v; the loss is on v either way).
 
 Attention: causal text, bidirectional inside each image (see masks.py).
 """
@@ -21,7 +22,7 @@ from torch import nn
 from transformers import DynamicCache, Qwen2ForCausalLM
 
 from ..config import IMG_PAD, HydraConfig
-from ..sampling import sample_logit_normal
+from ..sampling import flow_matching_loss, sample_logit_normal, to_velocity
 from ..tokenizer import HydraTok
 from .flow_head import FlowHead
 from .masks import build_attention_mask, position_ids_from, to_additive_mask
@@ -116,20 +117,23 @@ class HydraModel(nn.Module):
         logits = self.llm.lm_head(hidden[:, :-1]).float()
         return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels[:, 1:].reshape(-1), ignore_index=-100)
 
-    def flow_loss(self, input_ids, attention_mask, target_mean, generator=None) -> torch.Tensor:
+    def flow_loss(self, input_ids, attention_mask, target_mean, generator=None, reduce: bool = True) -> torch.Tensor:
         """Flow matching on the image tokens at the end of each row (prefix left-padded).
 
-        target_mean: GSB means [B, N, C] of the target images (raw scale)."""
+        target_mean: GSB means [B, N, C] of the target images (raw scale). reduce=False: per row [B]."""
         x0 = self.normalize(target_mean)
         b = x0.shape[0]
-        t = sample_logit_normal(b, generator=generator).to(x0.device)
+        t = sample_logit_normal(b, generator=generator, loc=self.config.flow_time_loc).to(x0.device)
         eps = torch.randn(x0.shape, generator=generator).to(x0.device)
+        return self.flow_loss_at(input_ids, attention_mask, x0, eps, t, reduce)
+
+    def flow_loss_at(self, input_ids, attention_mask, x0, eps, t, reduce: bool = True) -> torch.Tensor:
+        """The flow loss for given normalised clean latents x0 [B, N, C], noise and times t [B]."""
         z_t = (1 - t[:, None, None]) * x0 + t[:, None, None] * eps
         segments = self.segments(input_ids, attention_mask)
         hidden = self._run_llm(self.embed(input_ids, self.denormalize(z_t)), segments)
-        n = x0.shape[1]
-        v = self.flow_head(hidden[:, -n:], t)
-        return F.mse_loss(v.float(), (eps - x0).float())
+        out = self.flow_head(hidden[:, -x0.shape[1]:], t)
+        return flow_matching_loss(self.config.flow_prediction, out, z_t, x0, eps, t, reduce)
 
     # ------------------------------------------------------------------ inference
     @torch.no_grad()
@@ -159,7 +163,8 @@ class HydraModel(nn.Module):
         hidden = self._run_llm(embeds, new_segments, cache=prefix.cache, key_segments=key_segments,
                                position_ids=positions)
         prefix.cache.crop(-n)
-        return self.flow_head(hidden, t.to(hidden.dtype)).float()
+        out = self.flow_head(hidden, t.to(hidden.dtype)).float()
+        return to_velocity(self.config.flow_prediction, out, z_t.float(), t.float())
 
     @torch.no_grad()
     def decode_step(self, token_ids: torch.Tensor, prefix: Prefix) -> torch.Tensor:

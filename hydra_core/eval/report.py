@@ -1,0 +1,72 @@
+"""The evaluation table of a checkpoint, every score beside its control: the model card and the app's
+"About this model" both show this one table."""
+
+from __future__ import annotations
+
+TARGETS = {("recon", "shapesworld", "psnr"): 30.0, ("recon", "photos", "psnr"): 25.0,
+           ("geneval", "overall"): 0.80, ("geneval", "single_object"): 0.95, ("geneval", "colors"): 0.90,
+           ("vqa", "overall"): 0.90}
+
+
+def get(results: dict, path: tuple) -> float | None:
+    for key in path:
+        results = results.get(key) if isinstance(results, dict) else None
+    return results
+
+
+def fmt(value) -> str:
+    return "–" if value is None else f"{value:.3f}" if isinstance(value, float) else str(value)
+
+
+def evaluation_rows(results: dict) -> list[tuple[str, tuple, str]]:
+    """(label, path of the value, its control as text) for every headline number."""
+    rows = []
+    for source, name in (("shapesworld", "held-out ShapesWorld"), ("photos", "held-out photo crops")):
+        thumb = get(results, ("recon", source, "thumbnail_psnr"))
+        rows.append((f"recon PSNR, {name} (dB)", ("recon", source, "psnr"), f"8×8 thumbnail {fmt(thumb)}"))
+        rows.append((f"recon SSIM, {name}", ("recon", source, "ssim"), ""))
+    for tag in ("single_object", "two_object", "counting", "colors", "position", "color_attr", "overall"):
+        rows.append((f"GenEval {tag}", ("geneval", tag),
+                     f"mismatched prompt {fmt(get(results, ('geneval', 'mismatched', tag)))}"))
+    for q in ("count", "color", "shape", "exist", "relation", "overall"):
+        control = " / ".join(f"{label} {fmt(get(results, ('vqa', key, q)))}" for key, label in
+                             (("other_image", "other image"), ("blank_image", "blank"), ("majority", "majority")))
+        rows.append((f"VQA {q}", ("vqa", q), control))
+    c = results.get("conditioning")
+    if c:
+        rows.append(("flow loss, held-out prompts (lower is better)", ("conditioning", "right"),
+                     f"shuffled prompts {fmt(c.get('shuffled'))} / null prompt {fmt(c.get('null'))}"))
+        rows.append(("conditioning gap, 1 − right/shuffled", ("conditioning", "gap"), "0 = prompt ignored"))
+    return rows
+
+
+def evaluation_table(results: dict) -> str:
+    """Markdown: | metric | value | control | target |."""
+    lines = ["| metric | value | control | target |", "|---|---:|---|---:|"]
+    for label, path, control in evaluation_rows(results):
+        target = TARGETS.get(path)
+        lines.append(f"| {label} | {fmt(get(results, path))} | {control} | {'≥ ' + str(target) if target else ''} |")
+    return "\n".join(lines)
+
+
+def about_model(folder) -> str:
+    """Markdown for the app's "About this model": the checkpoint's evaluation table (from its eval.json,
+    written by the build beside the model card), or a note that it was never evaluated."""
+    import json
+    from pathlib import Path
+
+    eval_file = Path(folder) / "eval.json" if folder is not None else None
+    if eval_file is None or not eval_file.is_file():
+        return "This checkpoint has no `eval.json`: it was not evaluated with `python -m hydra_core.eval`."
+    results = json.loads(eval_file.read_text())
+    missed = [key for key, target in TARGETS.items() if (get(results, key) or 0) < target]
+    lines = [
+        f"Held-out evaluation of this checkpoint (`python -m hydra_core.eval --limit {results.get('limit')}`), "
+        "every score beside its input-blind control: a score equal to its control is chance.",
+        "",
+        evaluation_table(results),
+    ]
+    if missed:
+        lines += ["", f"{len(missed)} of {len(TARGETS)} targets are not reached; the model card "
+                      "(`README.md` in the checkpoint folder) says what limits them."]
+    return "\n".join(lines)
