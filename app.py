@@ -63,11 +63,13 @@ from hydra_core.eval.report import about_model
 MAX_SEED = 2**31 - 1 - 4  # image k of a batch uses seed + k
 MAX_IMAGES = 4
 EXAMPLES_DIR = Path(__file__).resolve().parent / "assets" / "examples"
+# Chosen from what the bundled model does well: it follows colours, and dense captions' sizes and places
+# (it does not yet draw clean shapes; see its model card).
 PROMPT_EXAMPLES = (
     "a photo of a red circle",
-    "a photo of two stars",
-    "a photo of a blue square left of a yellow triangle",
-    "a photo of a green triangle and a purple star",
+    "a large red circle in the centre, on a plain white background",
+    "a small yellow square at the top left and a large blue star at the bottom right, on a plain cream background",
+    "a photo of a cyan square",
 )
 CHAT_EXAMPLES = (
     ("shapes_2.png", "what shapes are in the image?"),
