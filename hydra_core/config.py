@@ -34,9 +34,12 @@ QWEN_TOKEN_IDS = {PAD_TOKEN: 151643, "<|im_start|>": 151644, EOS_TOKEN: 151645, 
                   IMG_END: 151653, NULL_TOKEN: 151654, IMG_PAD: 151655, IMAGE_TOKEN: 151656}
 
 
+PREDICTIONS = ("v", "x")  # what a flow network outputs: the velocity or the clean sample (see sampling.py)
+
+
 def _check_prediction(prediction: str) -> None:
-    if prediction not in ("v", "x"):
-        raise ValueError(f"a flow prediction must be 'v' or 'x', got {prediction!r}")
+    if prediction not in PREDICTIONS:
+        raise ValueError(f"a flow prediction must be one of {PREDICTIONS}, got {prediction!r}")
 
 
 @dataclass

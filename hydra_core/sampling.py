@@ -18,7 +18,8 @@ import torch
 from diffusers import FlowMatchEulerDiscreteScheduler
 from diffusers.training_utils import compute_density_for_timestep_sampling
 
-PREDICTIONS = ("v", "x")
+from .config import PREDICTIONS
+
 # x-prediction divides by t; near the clean end the division is clamped (JiT clamps it the same way).
 MIN_T = 0.05
 
@@ -98,7 +99,6 @@ def clean_estimate(prediction: str, output: torch.Tensor, x_t: torch.Tensor, t: 
 
 
 def flow_matching_loss(prediction: str, output: torch.Tensor, x_t: torch.Tensor, x0: torch.Tensor,
-                       eps: torch.Tensor, t: torch.Tensor, reduce: bool = True) -> torch.Tensor:
-    """Mean squared error on the velocity, whatever the network predicts; reduce=False: one per sample [B]."""
-    error = (to_velocity(prediction, output.float(), x_t.float(), t) - (eps - x0).float()).pow(2)
-    return error.mean() if reduce else error.flatten(1).mean(1)
+                       eps: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """Mean squared error on the velocity, whatever the network predicts."""
+    return torch.nn.functional.mse_loss(to_velocity(prediction, output.float(), x_t.float(), t), (eps - x0).float())

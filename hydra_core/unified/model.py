@@ -117,23 +117,23 @@ class HydraModel(nn.Module):
         logits = self.llm.lm_head(hidden[:, :-1]).float()
         return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels[:, 1:].reshape(-1), ignore_index=-100)
 
-    def flow_loss(self, input_ids, attention_mask, target_mean, generator=None, reduce: bool = True) -> torch.Tensor:
+    def flow_loss(self, input_ids, attention_mask, target_mean, generator=None) -> torch.Tensor:
         """Flow matching on the image tokens at the end of each row (prefix left-padded).
 
-        target_mean: GSB means [B, N, C] of the target images (raw scale). reduce=False: per row [B]."""
+        target_mean: GSB means [B, N, C] of the target images (raw scale)."""
         x0 = self.normalize(target_mean)
         b = x0.shape[0]
         t = sample_logit_normal(b, generator=generator, loc=self.config.flow_time_loc).to(x0.device)
         eps = torch.randn(x0.shape, generator=generator).to(x0.device)
-        return self.flow_loss_at(input_ids, attention_mask, x0, eps, t, reduce)
+        return self.flow_loss_at(input_ids, attention_mask, x0, eps, t)
 
-    def flow_loss_at(self, input_ids, attention_mask, x0, eps, t, reduce: bool = True) -> torch.Tensor:
+    def flow_loss_at(self, input_ids, attention_mask, x0, eps, t) -> torch.Tensor:
         """The flow loss for given normalised clean latents x0 [B, N, C], noise and times t [B]."""
         z_t = (1 - t[:, None, None]) * x0 + t[:, None, None] * eps
         segments = self.segments(input_ids, attention_mask)
         hidden = self._run_llm(self.embed(input_ids, self.denormalize(z_t)), segments)
         out = self.flow_head(hidden[:, -x0.shape[1]:], t)
-        return flow_matching_loss(self.config.flow_prediction, out, z_t, x0, eps, t, reduce)
+        return flow_matching_loss(self.config.flow_prediction, out, z_t, x0, eps, t)
 
     # ------------------------------------------------------------------ inference
     @torch.no_grad()
