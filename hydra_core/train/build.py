@@ -5,11 +5,20 @@ stages I-III, then the checkpoint folder.
 
 Each stage saves its result under --work/<stage>/ and is skipped when that exists, and each
 stage resumes from its last saved state, so the same command continues an interrupted build.
+
+Continue training a built checkpoint (a new segment, recorded beside the earlier ones in the
+folder's training.json and model card):
+
+    python -m hydra_core.train --init-from assets/hydra-tiny --stages umm3 --steps umm3=3000 \
+        --seed 1 --work runs/tiny-2 --out assets/hydra-tiny
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
+import platform
 import sys
 import time
 from dataclasses import dataclass, field
@@ -25,7 +34,7 @@ from transformers import PreTrainedTokenizerFast
 
 from .. import config as hconfig
 from ..data import shapesworld as sw
-from ..loading import save_pretrained
+from ..loading import load_pretrained, save_pretrained
 from ..text import train_bpe
 from ..tokenizer import build_teacher
 from ..tokenizer.losses import PatchDiscriminator, hinge_d_loss, hinge_g_loss, perceptual_loss
@@ -46,6 +55,10 @@ PHOTO_FRACTION = 0.3
 DENSE_SHARE = 0.5
 MONITOR_EVERY = 100
 MONITOR_SCENES = 48
+# Held-out items (monitors and the model card's evaluation) are drawn with this seed whatever the
+# training seed, so every segment of a model is measured on the same items.
+HELDOUT_SEED = 0
+SEGMENTS_NAME = "training.json"
 
 
 @dataclass
@@ -73,16 +86,30 @@ class Teacher(nn.Module):
 
 
 class Builder:
-    def __init__(self, work: Path, out: Path, scale: float, seed: int, pool_size: int):
-        self.work, self.out, self.scale, self.seed = work, out, scale, seed
+    """init_from: a checkpoint folder to continue (its tokenizer, config, weights and earlier segments);
+    None builds from nothing."""
+
+    def __init__(self, work: Path, out: Path, scale: float, seed: int, pool_size: int, init_from: Path | None = None):
+        self.work, self.out, self.scale, self.seed, self.init_from = work, out, scale, seed, init_from
         self.work.mkdir(parents=True, exist_ok=True)
         self.pool = data.make_pool(pool_size, seed)
+        self.pool_latents: torch.Tensor | None = None  # GSB means of the pool, once the tokenizer is trained
+        self.earlier_segments: list[dict] = []
+        if init_from is not None:
+            checkpoint = load_pretrained(init_from)
+            self.tokenizer, self.model, self.basis = checkpoint.tokenizer, checkpoint.model.train(), checkpoint.basis
+            self.config = self.model.config
+            self.teacher = None
+            record = Path(init_from) / SEGMENTS_NAME
+            self.earlier_segments = json.loads(record.read_text())["segments"] if record.is_file() else [
+                {"command": f"(unrecorded training of {init_from})", "stages": {}}]
+            return
         self.tokenizer = self._text_tokenizer()
         self.config = hconfig.tiny(vocab_size=len(self.tokenizer))
         torch.manual_seed(seed)
         self.model = HydraModel(self.config)
         self.teacher = Teacher(self.config.tokenizer)
-        self.pool_latents: torch.Tensor | None = None  # GSB means of the pool, once the tokenizer is trained
+        self.basis: PCABasis | None = None
 
     # ------------------------------------------------------------------ helpers
     def steps(self, stage: str) -> int:
@@ -215,9 +242,9 @@ class Builder:
         from ..eval.suites import eval_rng, heldout_scene
 
         size = self.config.tokenizer.image_size
-        rng = eval_rng(self.seed, "recon")
+        rng = eval_rng(HELDOUT_SEED, "recon")
         sets = {"sw": np.stack([heldout_scene(rng, size)[1] for _ in range(MONITOR_SCENES)]),
-                "photo": np.stack(list(heldout_photo_crops(MONITOR_SCENES // 2, size=size, seed=self.seed)))}
+                "photo": np.stack(list(heldout_photo_crops(MONITOR_SCENES // 2, size=size, seed=HELDOUT_SEED)))}
         vision = self.model.vision
 
         @torch.no_grad()
@@ -243,9 +270,12 @@ class Builder:
         self.config.latent_mean = round(float(means.mean()), 5)
         self.config.latent_std = round(float(means.std()), 5)
         self.model.config = self.config
+        self.encode_pool()
+        return PCABasis.fit(means.reshape(-1, means.shape[-1]).cpu().numpy())
+
+    def encode_pool(self) -> None:
         # The tokenizer's encoder is frozen from here on: every unified step reads these, not pixels.
         self.pool_latents = self.encode_images(self.pool.images)
-        return PCABasis.fit(means.reshape(-1, means.shape[-1]).cpu().numpy())
 
     @torch.no_grad()
     def encode_images(self, images: np.ndarray, batch: int = 128) -> torch.Tensor:
@@ -288,18 +318,49 @@ class Builder:
                 out["flow"] = flow.detach()
             return {"loss": total, **out}
 
-        return StagePlan({"model": model}, groups, step_fn, monitor=self.conditioning_monitor())
+        conditioning, qa = self.conditioning_monitor(), self.qa_monitor()
+        return StagePlan({"model": model}, groups, step_fn, monitor=lambda: conditioning() | qa())
 
     def conditioning_monitor(self) -> Callable[[], dict[str, float]]:
         """Held-out flow loss with the right and with shuffled prompts (see eval.suites.prompt_flow_losses)."""
         from ..eval.suites import conditioning_items, prompt_flow_losses
 
-        prompts, images = conditioning_items(MONITOR_SCENES, self.seed, self.config.tokenizer.image_size)
+        prompts, images = conditioning_items(MONITOR_SCENES, HELDOUT_SEED, self.config.tokenizer.image_size)
         latents = self.encode_images(images)
 
         def monitor() -> dict[str, float]:
-            losses = prompt_flow_losses(self.model, self.tokenizer, prompts, latents, self.seed)
+            losses = prompt_flow_losses(self.model, self.tokenizer, prompts, latents, HELDOUT_SEED)
             return {f"heldout_{k}": losses[k] for k in ("right", "shuffled", "null", "gap")}
+
+        return monitor
+
+    def qa_monitor(self) -> Callable[[], dict[str, float]]:
+        """Held-out questions answered under teacher forcing (every answer token right), about the right
+        image and, as the control, about another scene's image."""
+        from ..eval.suites import mismatched, vqa_items
+
+        items = vqa_items(MONITOR_SCENES, HELDOUT_SEED, self.config.tokenizer.image_size)
+        latents = self.encode_images(np.stack([np.asarray(image) for image, _ in items]))
+        rows, labels = [], []
+        for _, qa in items:
+            messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": qa.question}]},
+                        {"role": "assistant", "content": qa.answer}]
+            ids, lab = data.encode_conversation(self.tokenizer, messages, self.config.tokenizer.num_tokens)
+            rows.append(ids)
+            labels.append(lab)
+        input_ids = data.pad_right(rows, self.tokenizer.pad_token_id)
+        mask = data.pad_right([[1] * len(r) for r in rows], 0)
+        targets = data.pad_right(labels, -100)[:, 1:]
+        others = latents[torch.tensor(mismatched(list(range(len(items))), len(sw.QTYPES)))]
+
+        @torch.no_grad()
+        def monitor() -> dict[str, float]:
+            out = {}
+            for name, images in (("qa_right", latents), ("qa_other", others)):
+                predicted = self.model.next_token_logits(input_ids, mask, images).argmax(-1)
+                correct = ((predicted == targets) | (targets == -100)).all(dim=1)
+                out[f"heldout_{name}"] = float(correct.float().mean())
+            return out
 
         return monitor
 
@@ -315,12 +376,20 @@ class Builder:
         self._finish(stage, module)
 
     # ------------------------------------------------------------------ all
-    def build(self, until: str | None = None) -> Path | None:
-        basis = None
-        for stage in BUILD_ORDER:
+    def build(self, until: str | None = None, stages: tuple[str, ...] = ()) -> Path | None:
+        """Run the build (or, from a checkpoint, the given `stages`) and write the checkpoint folder;
+        None when stopped early by `until`."""
+        if self.init_from is not None:
+            order = ("latents", *stages)
+        else:
+            order = BUILD_ORDER
+        for stage in order:
             start = time.perf_counter()
             if stage == "latents":
-                basis = self.measure_latents()
+                if self.init_from is None:
+                    self.basis = self.measure_latents()
+                else:  # the checkpoint's normalisation and PCA basis stay as they are
+                    self.encode_pool()
             else:
                 self.run_stage(stage)
             print(f"[build] {stage} finished in {time.perf_counter() - start:.1f} s", flush=True)
@@ -328,8 +397,26 @@ class Builder:
                 return None
         self.model.requires_grad_(False)
         # float16 halves the file (the bundled checkpoint must stay under 60 MB); loading upcasts.
-        save_pretrained(self.model, self.tokenizer, self.out, basis=basis, dtype=torch.float16)
+        save_pretrained(self.model, self.tokenizer, self.out, basis=self.basis, dtype=torch.float16)
         return self.out
+
+    def segment(self, command: str) -> dict:
+        """This run's record: command, machine, and each stage's steps, minutes, final losses and last
+        held-out measures (from the stage logs), with the run's notes (work/notes.md, work/ablations.md)."""
+        from .card import read_stage_logs
+
+        notes = {name: (self.work / f"{name}.md").read_text().strip() if (self.work / f"{name}.md").is_file() else ""
+                 for name in ("notes", "ablations")}
+        return {"command": command, "init_from": str(self.init_from) if self.init_from else None,
+                "seed": self.seed, "date": time.strftime("%Y-%m-%d"),
+                "machine": f"{os.cpu_count()}-core {platform.machine()} CPU, "
+                           + ("GPU " + torch.cuda.get_device_name() if torch.cuda.is_available() else "no GPU"),
+                "stages": read_stage_logs(self.work), **notes}
+
+    def write_segments(self, command: str) -> list[dict]:
+        segments = self.earlier_segments + [self.segment(command)]
+        (self.out / SEGMENTS_NAME).write_text(json.dumps({"segments": segments}, indent=1))
+        return segments
 
     def evaluate_and_describe(self, limit: int, command: str) -> dict:
         """Score the written checkpoint with the evaluation suite and write its model card."""
@@ -338,10 +425,10 @@ class Builder:
         from .card import write_model_card
 
         pipe = HydraPipeline.from_pretrained(self.out, device="cpu", precision="fp32")
-        results = evaluate(pipe, limit=limit, seed=self.seed)
+        results = evaluate(pipe, limit=limit, seed=HELDOUT_SEED)
         results["checkpoint"] = str(self.out)
         print(format_table(results), flush=True)
-        write_model_card(self.out, self.config, results, self.work, command)
+        write_model_card(self.out, self.config, results, self.write_segments(command))
         return results
 
 
@@ -363,6 +450,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--steps", nargs="*", default=[], metavar="STAGE=N", help="override a stage's step count")
     parser.add_argument("--until", choices=BUILD_ORDER, default=None,
                         help="stop after this stage (no checkpoint); e.g. to run a stage in a second process")
+    parser.add_argument("--init-from", type=Path, default=None, metavar="DIR",
+                        help="continue this checkpoint folder instead of building from nothing (runs --stages)")
+    parser.add_argument("--stages", nargs="+", default=["umm3"], choices=[s for s in STEPS if s.startswith("umm")],
+                        help="with --init-from: the unified stages to run again, in order")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -371,7 +462,7 @@ def main(argv: list[str] | None = None) -> None:
         if stage not in STEPS or not count.isdigit():
             parser.error(f"--steps takes STAGE=N with STAGE in {sorted(STEPS)}, got {item!r}")
         STEPS[stage] = int(count)
-    builder = Builder(args.work, args.out, args.scale, args.seed, args.pool_size)
-    if not builder.build(until=args.until):
+    builder = Builder(args.work, args.out, args.scale, args.seed, args.pool_size, args.init_from)
+    if not builder.build(until=args.until, stages=tuple(args.stages)):
         return
     builder.evaluate_and_describe(args.eval_limit, "python -m hydra_core.train " + " ".join(argv or sys.argv[1:]))

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import platform
 from pathlib import Path
 
 from ..config import HydraConfig
@@ -14,29 +12,31 @@ from .stages import STAGES
 
 STAGE_ORDER = ("teacher", "text", "tok1", "tok2", "umm1", "umm2", "umm3")
 
-def _read_logs(work: Path) -> tuple[dict[str, dict], dict[str, float], dict[str, dict]]:
-    """Final losses, training seconds and last held-out measures of each stage, from its log (robust
-    to resumed runs: a record repeated after a resume is counted once)."""
-    finals, seconds, monitors = {}, {}, {}
+
+def read_stage_logs(work: Path) -> dict[str, dict]:
+    """Per stage that has a log under `work`: steps, minutes, final losses and last held-out measures
+    (robust to resumed runs: a record repeated after a resume is counted once)."""
+    stages = {}
     for stage in STAGE_ORDER:
         log = work / stage / "log.jsonl"
         if not (log.is_file() and log.read_text().strip()):
             continue
         records = {r["step"]: r for r in map(json.loads, log.read_text().strip().splitlines())}
         steps = sorted(records)
-        finals[stage] = {k: v for k, v in records[steps[-1]].items() if k != "sec_per_step"}
-        seconds[stage] = sum(records[s]["sec_per_step"] * (s - p) for p, s in zip([0] + steps[:-1], steps))
+        seconds = sum(records[s]["sec_per_step"] * (s - p) for p, s in zip([0] + steps[:-1], steps))
         measured = [records[s] for s in steps if any(_is_monitor(k) for k in records[s])]
-        if measured:
-            monitors[stage] = {k: v for k, v in measured[-1].items() if _is_monitor(k)}
-    return finals, seconds, monitors
+        stages[stage] = {
+            "steps": steps[-1], "minutes": round(seconds / 60, 2),
+            "final": {k: v for k, v in records[steps[-1]].items() if k not in ("sec_per_step", "step")
+                      and not _is_monitor(k)},
+            "heldout": {k: v for k, v in measured[-1].items() if _is_monitor(k)} if measured else {}}
+    return stages
 
 
-def model_card(config: HydraConfig, results: dict, work: Path, command: str) -> str:
-    finals, timings, monitors = _read_logs(work)
+def model_card(config: HydraConfig, results: dict, segments: list[dict]) -> str:
+    """segments: the training runs behind the weights, oldest first (see build.Builder.segment)."""
     info = report(config)
-    total_minutes = sum(timings.values()) / 60
-    machine = f"{os.cpu_count()}-core {platform.machine()} CPU ({platform.processor() or 'unknown model'}), no GPU"
+    total_minutes = sum(st.get("minutes", 0) for seg in segments for st in seg["stages"].values())
     lines = [
         "---",
         "library_name: hydra-studio",
@@ -76,35 +76,19 @@ def model_card(config: HydraConfig, results: dict, work: Path, command: str) -> 
     lines += ["", f"Samples: {get(results, ('geneval', 'n'))} prompts, {get(results, ('vqa', 'n'))} questions, "
                   f"{get(results, ('recon', 'shapesworld', 'n'))} scenes and {get(results, ('recon', 'photos', 'n'))} "
                   f"photo crops, {get(results, ('conditioning', 'n'))} prompt–scene pairs for the flow losses.", ""]
+    first = segments[0]
     lines += [
         "## Training",
         "",
-        "One command rebuilds this folder from nothing (resumable; each stage is skipped once done):",
+        "One command rebuilds the first segment from nothing (resumable; each stage is skipped once done):",
         "",
-        f"```bash\n{command}\n```",
+        f"```bash\n{first['command']}\n```",
         "",
-        f"Machine: {machine}. Training time: {total_minutes:.0f} minutes in all (from the stage logs, without the",
-        "held-out measurements; the cores were shared with other work, so an idle machine is faster).",
-        "",
-        "| stage | what trains | steps | minutes | final losses | held-out, last measured |",
-        "|---|---|---:|---:|---|---|",
+        f"Training time: {total_minutes:.0f} minutes in all, over {len(segments)} segment(s) (from the stage logs,",
+        "without the held-out measurements; the cores were shared with other work, so an idle machine is faster).",
     ]
-    from .build import STEPS
-
-    descriptions = {"teacher": "semantic teacher ViT on ShapesWorld attributes (per-token shape+colour, count)"}
-    descriptions |= {k: v.description for k, v in STAGES.items()}
-    for stage in STAGE_ORDER:
-        final = finals.get(stage, {})
-        losses = ", ".join(f"{k} {v:.3g}" for k, v in final.items() if k != "step" and not _is_monitor(k))
-        held = ", ".join(f"{k} {v:.3g}" for k, v in monitors.get(stage, {}).items())
-        lines.append(f"| {stage} | {descriptions[stage]} | {final.get('step', STEPS[stage])} | "
-                     f"{timings.get(stage, 0) / 60:.1f} | {losses} | {held} |")
-    notes = work / "notes.md"  # how this particular run went (segments, restarts, parallel stages), if recorded
-    if notes.is_file():
-        lines += ["", notes.read_text().strip()]
-    ablations = work / "ablations.md"  # the recipe search behind this build, if recorded
-    if ablations.is_file():
-        lines += ["", ablations.read_text().strip()]
+    for number, segment in enumerate(segments, 1):
+        lines += _segment_lines(number, segment)
     lines += [
         "",
         "## Data",
@@ -127,24 +111,49 @@ def model_card(config: HydraConfig, results: dict, work: Path, command: str) -> 
     if missed:
         lines += ["", "## Targets not reached", ""]
         lines += [f"- {'/'.join(path)}: {fmt(get(results, path))} (target {target})" for path, target in missed]
-        lines += ["", f"Budget behind these numbers: {_samples_seen(finals)}."]
+        lines += ["", f"Budget behind these numbers: {_samples_seen(segments)}."]
     return "\n".join(lines) + "\n"
 
 
+def _segment_lines(number: int, segment: dict) -> list[str]:
+    from .build import STEPS
+
+    descriptions = {"teacher": "semantic teacher ViT on ShapesWorld attributes (per-token shape+colour, count)"}
+    descriptions |= {k: v.description for k, v in STAGES.items()}
+    origin = f"continues `{segment['init_from']}`" if segment.get("init_from") else "from nothing"
+    minutes = sum(st.get("minutes", 0) for st in segment["stages"].values())
+    lines = ["", f"### Segment {number} ({segment.get('date', 'date unrecorded')}, {origin}, {minutes:.0f} minutes)", ""]
+    if number > 1 or segment.get("init_from"):
+        lines += [f"```bash\n{segment['command']}\n```", ""]
+    if segment.get("machine"):
+        lines += [f"Machine: {segment['machine']}.", ""]
+    lines += ["| stage | what trains | steps | minutes | final losses | held-out, last measured |",
+              "|---|---|---:|---:|---|---|"]
+    for stage, record in segment["stages"].items():
+        losses = ", ".join(f"{k} {v:.3g}" for k, v in record["final"].items())
+        held = ", ".join(f"{k} {v:.3g}" for k, v in record["heldout"].items())
+        lines.append(f"| {stage} | {descriptions[stage]} | {record.get('steps', STEPS[stage])} | "
+                     f"{record.get('minutes', 0):.1f} | {losses} | {held} |")
+    for key in ("notes", "ablations"):
+        if segment.get(key):
+            lines += ["", segment[key]]
+    return lines
 def _is_monitor(key: str) -> bool:
     return key.startswith(("heldout_", "psnr"))
 
 
-def _samples_seen(finals: dict[str, dict]) -> str:
+def _samples_seen(segments: list[dict]) -> str:
     from .build import BATCH
 
-    tok = sum(finals.get(s, {}).get("step", 0) for s in ("tok1", "tok2")) * BATCH["tok"]
-    umm = sum(finals.get(s, {}).get("step", 0) for s in ("umm1", "umm2", "umm3")) * BATCH["umm"]
+    def steps(names):
+        return sum(seg["stages"].get(s, {}).get("steps", 0) for seg in segments for s in names)
+
+    tok, umm = steps(("tok1", "tok2")) * BATCH["tok"], steps(("umm1", "umm2", "umm3")) * BATCH["umm"]
     return f"{tok:,} tokenizer images and {umm:,} unified samples (batch {BATCH['tok']} / {BATCH['umm']})"
 
 
-def write_model_card(out: Path, config: HydraConfig, results: dict, work: Path, command: str) -> Path:
+def write_model_card(out: Path, config: HydraConfig, results: dict, segments: list[dict]) -> Path:
     (out / "eval.json").write_text(json.dumps(results, indent=2, allow_nan=False))
     path = out / "README.md"
-    path.write_text(model_card(config, results, work, command))
+    path.write_text(model_card(config, results, segments))
     return path

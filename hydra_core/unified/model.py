@@ -110,11 +110,15 @@ class HydraModel(nn.Module):
         return out.last_hidden_state
 
     # ------------------------------------------------------------------ training
-    def ntp_loss(self, input_ids, attention_mask, labels, latents) -> torch.Tensor:
-        """Next-token prediction on text; labels -100 where no loss is taken."""
+    def next_token_logits(self, input_ids, attention_mask, latents) -> torch.Tensor:
+        """Logits [B, L - 1, V] of each next token (teacher forcing)."""
         segments = self.segments(input_ids, attention_mask)
         hidden = self._run_llm(self.embed(input_ids, latents), segments)
-        logits = self.llm.lm_head(hidden[:, :-1]).float()
+        return self.llm.lm_head(hidden[:, :-1]).float()
+
+    def ntp_loss(self, input_ids, attention_mask, labels, latents) -> torch.Tensor:
+        """Next-token prediction on text; labels -100 where no loss is taken."""
+        logits = self.next_token_logits(input_ids, attention_mask, latents)
         return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels[:, 1:].reshape(-1), ignore_index=-100)
 
     def flow_loss(self, input_ids, attention_mask, target_mean, generator=None) -> torch.Tensor:
