@@ -1,0 +1,43 @@
+"""Continuing a built checkpoint (`--init-from`): one more segment, trained and recorded beside the others."""
+
+import json
+import shutil
+
+import torch
+from safetensors.torch import load_file
+
+from hydra_core.train import build
+from hydra_core.train.stages import STAGES, trains
+
+
+def test_a_continuation_trains_only_its_stage_and_the_card_records_every_segment(tiny_checkpoint, tmp_path,
+                                                                                  monkeypatch):
+    init = tmp_path / "init"
+    shutil.copytree(tiny_checkpoint, init)
+    first = {"command": "python -m hydra_core.train --work runs/first", "date": "2026-11-01",
+             "stages": {"tok1": {"steps": 7, "minutes": 1.5, "final": {"loss": 0.5}, "heldout": {}}}}
+    (init / build.SEGMENTS_NAME).write_text(json.dumps({"segments": [first]}))
+    monkeypatch.setattr(build, "STEPS", dict(build.STEPS))  # main() writes --steps into it
+    monkeypatch.setattr(build, "BATCH", {"teacher": 8, "text": 8, "tok": 4, "umm": 6})
+    monkeypatch.setattr(build, "MONITOR_SCENES", 6)
+    out = tmp_path / "out"
+
+    build.main(["--init-from", str(init), "--stages", "umm3", "--steps", "umm3=10", "--seed", "1",
+                "--work", str(tmp_path / "work"), "--out", str(out), "--pool-size", "24", "--eval-limit", "2"])
+
+    segments = json.loads((out / build.SEGMENTS_NAME).read_text())["segments"]
+    assert [s["command"] for s in segments][0] == first["command"]
+    assert segments[1]["init_from"] == str(init) and segments[1]["seed"] == 1
+    assert list(segments[1]["stages"]) == ["umm3"] and segments[1]["stages"]["umm3"]["steps"] == 10
+    assert {"heldout_right", "heldout_shuffled", "heldout_qa_right", "heldout_qa_other"} <= set(
+        segments[1]["stages"]["umm3"]["heldout"])
+    card = (out / "README.md").read_text()
+    assert "### Segment 1 (2026-11-01, from nothing" in card and "### Segment 2" in card
+    assert first["command"] in card and "--init-from" in card
+
+    before, after = load_file(init / "model.safetensors"), load_file(out / "model.safetensors")
+    changed = {k for k in after if not k.startswith("viz.")
+               and not torch.equal(before[k].half(), after[k])}  # the output is stored in float16
+    trained = {k for k in after if trains(STAGES["umm3"], k)}
+    assert changed and changed <= trained, sorted(changed - trained)[:5]
+    assert any(k.startswith("llm.") for k in changed) and any(k.startswith("flow_head.") for k in changed)
