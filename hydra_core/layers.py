@@ -5,9 +5,8 @@ Shapes: B batch, N tokens, D width.
 
 from __future__ import annotations
 
-import math
-
 import torch
+from diffusers.models.embeddings import TimestepEmbedding, Timesteps
 from torch import nn
 
 
@@ -18,22 +17,40 @@ def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch
     return x * (1 + scale) + shift
 
 
-class TimestepEmbedder(nn.Module):
-    """Sinusoidal embedding of t in [0, 1] followed by an MLP (DiT). t: [B] -> [B, D]."""
+class TimestepEmbedder(TimestepEmbedding):
+    """t in [0, 1] -> [B, D]: diffusers' sinusoidal `Timesteps` of 1000 t (DiT's integer scale, cos
+    first) followed by its `TimestepEmbedding` MLP (Linear, SiLU, Linear)."""
 
-    def __init__(self, width: int, frequency_dim: int = 256, max_period: float = 10000.0):
-        super().__init__()
-        self.frequency_dim = frequency_dim
-        self.max_period = max_period
-        self.mlp = nn.Sequential(nn.Linear(frequency_dim, width), nn.SiLU(), nn.Linear(width, width))
+    def __init__(self, width: int, frequency_dim: int = 256):
+        super().__init__(frequency_dim, width)
+        self.timesteps = Timesteps(frequency_dim, flip_sin_to_cos=True, downscale_freq_shift=0)
+        self.register_state_dict_post_hook(_to_saved_names)
+        self.register_load_state_dict_pre_hook(_from_saved_names)
 
     def forward(self, t: torch.Tensor) -> torch.Tensor:
-        # Scale t in [0, 1] to [0, 1000] so the frequencies match DiT's integer timesteps.
-        half = self.frequency_dim // 2
-        freqs = torch.exp(-math.log(self.max_period) * torch.arange(half, device=t.device, dtype=torch.float32) / half)
-        args = (t.float() * 1000.0)[:, None] * freqs[None]
-        emb = torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
-        return self.mlp(emb.to(self.mlp[0].weight.dtype))
+        # Scaled before the sinusoid (not by Timesteps' `scale`) so the arguments stay bit-identical.
+        emb = self.timesteps(t.float() * 1000.0)
+        return super().forward(emb.to(self.linear_1.weight.dtype))
+
+
+# Checkpoints name the MLP's layers as TimestepEmbedder's earlier nn.Sequential did (mlp.0, mlp.2);
+# these state-dict hooks keep those names in saved and loaded weights, so every file loads unchanged.
+SAVED_NAMES = {"linear_1.": "mlp.0.", "linear_2.": "mlp.2."}
+
+
+def _rename(state: dict, prefix: str, names: dict[str, str]) -> None:
+    for key in [k for k in state if k.startswith(prefix)]:
+        for old, new in names.items():
+            if key.startswith(prefix + old):
+                state[prefix + new + key[len(prefix + old):]] = state.pop(key)
+
+
+def _to_saved_names(module, state, prefix, local_metadata) -> None:
+    _rename(state, prefix, SAVED_NAMES)
+
+
+def _from_saved_names(module, state, prefix, *args) -> None:
+    _rename(state, prefix, {v: k for k, v in SAVED_NAMES.items()})
 
 
 class AdaLNZeroMLPBlock(nn.Module):

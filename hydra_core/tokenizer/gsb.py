@@ -13,19 +13,31 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+from diffusers.models.autoencoders.vae import DiagonalGaussianDistribution
 from torch import nn
+
+
+def posterior(moments: torch.Tensor) -> DiagonalGaussianDistribution:
+    """[B, N, 2C] (mean, logvar) -> diffusers' DiagonalGaussianDistribution over [B * N, C, 1, 1] (it
+    clamps logvar to [-30, 20]). It splits dim 1 and sums its KL over dims 1-3, so each token is one
+    of its "images", and its noise is drawn in the [B, N, C] order."""
+    return DiagonalGaussianDistribution(moments.reshape(-1, moments.shape[-1], 1, 1))
 
 
 @dataclass
 class GSBOutput:
     mean: torch.Tensor  # [B, N, C]
-    logvar: torch.Tensor  # [B, N, C]
+    logvar: torch.Tensor  # [B, N, C], clamped
     latent: torch.Tensor  # [B, N, C]: a sample while training, the mean otherwise
     h_bn: torch.Tensor  # [B, N, D]: un-projected mean, the Sem-ViT input
 
+    @property
+    def posterior(self) -> DiagonalGaussianDistribution:
+        return posterior(torch.cat([self.mean, self.logvar], dim=-1))
+
     def kl_loss(self) -> torch.Tensor:
-        kl = -0.5 * (1 + self.logvar - self.mean.pow(2) - self.logvar.exp()).sum(-1)
-        return kl.mean()
+        """KL to N(0, I): summed over channels, averaged over tokens."""
+        return self.posterior.kl().mean()
 
 
 def cosine_loss(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -39,11 +51,10 @@ class GenerationSemanticBottleneck(nn.Module):
         self.proj = nn.Linear(hidden_size, 2 * latent_channels)
         self.unproj_und = nn.Linear(latent_channels, hidden_size)
 
-    def encode(self, h_mid: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """H_mid [B, N, D] -> (mean, logvar) [B, N, C]; logvar is clamped for a stable exp."""
+    def encode(self, h_mid: torch.Tensor) -> DiagonalGaussianDistribution:
+        """H_mid [B, N, D] -> the posterior (its logvar clamped to [-30, 20] for a stable exp)."""
         # The GSB may stay in float32 under bf16/fp16/int8/nf4 (see precision.py).
-        mean, logvar = self.proj(h_mid.to(self.proj.weight.dtype)).chunk(2, dim=-1)
-        return mean, logvar.clamp(-30.0, 20.0)
+        return posterior(self.proj(h_mid.to(self.proj.weight.dtype)))
 
     def unproject(self, latent: torch.Tensor) -> torch.Tensor:
         """[B, N, C] -> [B, N, D]: the Sem-ViT input for a clean or noisy latent."""
@@ -51,9 +62,8 @@ class GenerationSemanticBottleneck(nn.Module):
 
     def forward(self, h_mid: torch.Tensor, sample: bool = False,
                 generator: torch.Generator | None = None) -> GSBOutput:
-        mean, logvar = self.encode(h_mid)
-        latent = mean
-        if sample:
-            eps = torch.randn(mean.shape, generator=generator, device=mean.device, dtype=mean.dtype)
-            latent = mean + eps * torch.exp(0.5 * logvar)
+        dist = self.encode(h_mid)
+        shape = (*h_mid.shape[:-1], self.unproj_und.in_features)  # [B, N, C]
+        mean, logvar = dist.mode().reshape(shape), dist.logvar.reshape(shape)
+        latent = dist.sample(generator=generator).reshape(shape) if sample else mean
         return GSBOutput(mean=mean, logvar=logvar, latent=latent, h_bn=self.unproject(mean))
