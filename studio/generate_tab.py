@@ -1,0 +1,178 @@
+"""The Generate tab: text to images, each image's latent, its flow trajectory."""
+
+from __future__ import annotations
+
+import random
+import time
+from types import SimpleNamespace
+
+import gradio as gr
+import numpy as np
+import torch
+from PIL import Image
+
+from hydra_core import viz
+
+from .common import (MAX_SEED, MODEL_QUEUE, PIXELS, Refresh, checked, checked_flag, guarded, number_slider,
+                     seed_box, settle)
+from .latent_panel import LatentPanel, Tab, latent_panel
+
+# Chosen from what the bundled model does well: it follows colours, and dense captions' sizes and places
+# (it does not yet draw clean shapes; see its model card).
+PROMPT_EXAMPLES = (
+    "a photo of a red circle",
+    "a large red circle in the centre, on a plain white background",
+    "a small yellow square at the top left and a large blue star at the bottom right, on a plain cream background",
+    "a photo of a cyan square",
+)
+PREVIEW_DECODER_STEPS = 2  # decoder steps for trajectory previews (cheap on CPU)
+TRAJECTORY_STRIP_FRAMES = 10
+
+
+class GenerateTab(Tab):
+    @guarded("generate")
+    def generate(self, prompt: str, num_images: int, steps: int, guidance: float, seed: int,
+                 randomize_seed: bool, decoder_steps: int, progress=gr.Progress(),
+                 request: gr.Request = None):
+        """-> gallery of (image, "seed k"), the base seed used, run details, generation state."""
+        num_images, steps, guidance, decoder_steps = checked(num_images=num_images, steps=steps, guidance=guidance,
+                                                             decoder_steps=decoder_steps)
+        seed = random.randint(0, MAX_SEED) if checked_flag("randomize_seed", randomize_seed) else checked(seed=seed)[0]
+        start = time.perf_counter()
+        out = self.device.generate(prompt, num_images, steps, guidance, seed, decoder_steps, progress)
+        self.record(request, "generate", time.perf_counter() - start)
+        gallery = [(image, f"seed {s}") for image, s in zip(out.images, out.seeds)]
+        details = {"prompt": prompt, "seeds": out.seeds, "steps": steps, "guidance": guidance,
+                   "decoder_steps": decoder_steps, "seconds": round(out.seconds, 3)}
+        state = {"images": out.images, "latents": out.latents, "seeds": out.seeds, "details": details,
+                 "trajectory": torch.stack([step["latent"] for step in out.trajectory]),  # [S, B, N, C]
+                 "x0": torch.stack([step["x0"] for step in out.trajectory]),  # clean estimates [S, B, N, C]
+                 "t": [float(step["t"]) for step in out.trajectory]}
+        return gallery, seed, details, state
+
+    def generate_example(self, prompt, num_images, steps, guidance, seed, randomize_seed, decoder_steps):
+        gallery, seed, details, _ = self.generate(prompt, num_images, steps, guidance, seed, randomize_seed,
+                                                  decoder_steps, progress=None)
+        return gallery, seed, details
+
+    @guarded("showing the generated latent")
+    def show_generated(self, state: dict | None, index: int = 0) -> list:
+        """-> selected index, latent panel, trajectory view (at the last step) for image `index`."""
+        if not state:
+            return [0, *LatentPanel.empty("Generate an image to see its latent."), *self.trajectory_empty()]
+        seed, details = state["seeds"][index], state["details"]
+        panel = self.panel(state["latents"][index], f"Generated image {index + 1} (seed {seed})",
+                           f"hydra_generate_seed{seed}", source="generate", prompt=details["prompt"], seed=seed,
+                           steps=details["steps"], guidance=details["guidance"])
+        last = state["trajectory"].shape[0]
+        return [index, *panel, *self.trajectory_view(state, index, last, state["images"][index])]
+
+    @guarded("selecting an image")
+    def select_image(self, state: dict | None, gallery: list | None, evt: gr.SelectData) -> list:
+        index = int(evt.index)
+        if state and index < len(state["seeds"]):
+            return self.show_generated(state, index)
+        if not gallery or index >= len(gallery):
+            return self.show_generated(None)
+        # A cached example keeps no generated latent: show the encoder's latent of the image instead.
+        latent = self.device.encode(gallery[index][0])[0]
+        panel = self.panel(latent, f"Encoder latent of example image {index + 1} (press Generate for the "
+                           "generated latent and its trajectory)", "hydra_example_latent", source="encode")
+        return [index, *panel, *self.trajectory_empty()]
+
+    @staticmethod
+    def trajectory_empty() -> list:
+        return [gr.Slider(minimum=1, maximum=2, value=1, interactive=False), None, None, None,
+                "Generate an image to scrub through its flow steps."]
+
+    @staticmethod
+    def trajectory_slider(step: int, total: int) -> gr.Slider:
+        if total == 1:  # a slider needs minimum < maximum: show 0 (the noise) .. 1, fixed at the one step
+            return gr.Slider(minimum=0, maximum=1, value=1, interactive=False)
+        return gr.Slider(minimum=1, maximum=total, value=step, interactive=True)
+
+    def trajectory_view(self, state: dict, index: int, step: int, preview: Image.Image) -> list:
+        """-> slider, strip of PCA pictures along the flow, PCA at `step`, decoded preview, caption."""
+        trajectory = state["trajectory"][:, index]  # [S, N, C]
+        total = trajectory.shape[0]
+        frames = sorted({round(k) for k in np.linspace(0, total - 1, min(total, TRAJECTORY_STRIP_FRAMES))})
+        basis = self.basis_for(trajectory)
+        strip = viz.trajectory_strip([trajectory[k] for k in frames], basis, display=64)
+        preview_text = ("the final image" if step == total else
+                        f"the model's clean estimate at this step, decoded with {PREVIEW_DECODER_STEPS} decoder steps")
+        caption = (f"Image {index + 1} (seed {state['seeds'][index]}) · step {step}/{total} · "
+                   f"t = {state['t'][step - 1]:.3f} (1 = noise) · strip: steps "
+                   f"{', '.join(str(k + 1) for k in frames)} · preview: {preview_text}")
+        return [self.trajectory_slider(step, total), strip, viz.pca_rgb(trajectory[step - 1], basis), preview, caption]
+
+    @guarded("the trajectory preview")
+    def trajectory_step(self, state: dict | None, index: int, step: int, request: gr.Request = None) -> list:
+        if not state:
+            return self.trajectory_empty()[1:]
+        from hydra_core.pipeline import check_number
+
+        total = state["trajectory"].shape[0]
+        step = check_number("the flow step", step, 1, total, integer=True)
+        if step == total:  # the last step's latent is the generated one
+            return self.trajectory_view(state, index, step, state["images"][index])[1:]
+        start = time.perf_counter()
+        latent = state["x0"][step - 1, index]  # [N, C]: x_t - t * v, what the step aims at
+        preview = self.device.decode(latent, PREVIEW_DECODER_STEPS, [state["seeds"][index]])[0]
+        self.record(request, "trajectory preview", time.perf_counter() - start)
+        return self.trajectory_view(state, index, step, preview)[1:]
+
+
+def build(h: GenerateTab, states: SimpleNamespace, refresh: Refresh) -> None:
+    config = h.pipe.config
+    with gr.Row():
+        with gr.Column(scale=2, min_width=300):
+            # No max_length: the page would cut a long prompt silently; the pipeline says it is too long.
+            prompt = gr.Textbox(label="Prompt", lines=2, max_lines=4, placeholder=PROMPT_EXAMPLES[0], elem_id="prompt")
+            num_images = number_slider("num_images", 2, 1, "Number of images")
+            button = gr.Button("Generate", variant="primary", elem_id="generate-button")
+            with gr.Accordion("Advanced settings", open=False):
+                steps = number_slider("steps", config.default_steps, 1, "Flow steps", elem_id="steps")
+                guidance = number_slider("guidance", config.default_guidance, 0.1, "Guidance (classifier-free; 1 = off)")
+                decoder_steps = number_slider("decoder_steps", config.tokenizer.decoder_steps, 1, "Pixel decoder steps",
+                                       elem_id="decoder-steps")
+                with gr.Row():
+                    seed = seed_box("Seed", elem_id="seed")
+                    randomize = gr.Checkbox(True, label="Randomize seed")
+        with gr.Column(scale=3):
+            gallery = gr.Gallery(label="Images", columns=2, height=420, format="png", object_fit="contain",
+                                 interactive=False, elem_classes="pixelated", elem_id="gallery")
+            with gr.Accordion("Run details", open=False):
+                details = gr.JSON(label="Run details", open=True)
+    inputs = [prompt, num_images, steps, guidance, seed, randomize, decoder_steps]
+    defaults = [2, config.default_steps, config.default_guidance, 0, False, config.tokenizer.decoder_steps]
+    examples = gr.Examples([[p, *defaults] for p in PROMPT_EXAMPLES], inputs=inputs, outputs=[gallery, seed, details],
+                           fn=h.generate_example, cache_examples=True, cache_mode="lazy", visible_columns=[0],
+                           label="Example prompts (seed 0, default settings)")
+    panel = latent_panel("Latent of the selected image (click an image in the gallery)", "generate-latent")
+    with gr.Accordion("Flow trajectory of the selected image", open=True):
+        slider = gr.Slider(1, 2, value=1, step=1, label="Flow step", interactive=False, elem_id="trajectory-slider")
+        caption = gr.Markdown("Generate an image to scrub through its flow steps.", elem_id="trajectory-caption")
+        with gr.Row(equal_height=True):
+            strip = gr.Image(label="PCA of the latent along the flow", type="numpy", interactive=False, height=120,
+                             format="png", scale=2, elem_classes="pixelated")
+            pca = gr.Image(label="PCA at this step", type="numpy", interactive=False, height=190, format="png",
+                           elem_classes="pixelated")
+            preview = gr.Image(label="Decoded at this step", **{**PIXELS, "height": 190})
+    trajectory = [slider, strip, pca, preview, caption]
+    selection = [states.index, *panel.outputs, *trajectory]
+
+    event = gr.on([button.click, prompt.submit], h.generate, inputs=inputs,
+                  outputs=[gallery, seed, details, states.gen], api_name="generate", **MODEL_QUEUE,
+                  api_description="Text to 1-4 images; image k uses seed + k. randomize_seed defaults to True: "
+                  "pass randomize_seed=False to use `seed`. Returns the gallery (captions 'seed k'), the base "
+                  "seed used and the run details (seeds, steps, guidance, seconds).")
+    settle(event, [gallery, seed, details, states.gen])
+    refresh(settle(event.success(h.show_generated, [states.gen], selection, api_visibility="private"), selection))
+    # A cached example fills the gallery without a generation state: clear the stale panel.
+    examples.dataset.click(lambda: [None, *h.show_generated(None)], None, [states.gen, *selection], queue=False,
+                           api_visibility="private")
+    settle(gallery.select(h.select_image, [states.gen, gallery], selection, api_visibility="private", **MODEL_QUEUE),
+           selection)
+    refresh(settle(slider.release(h.trajectory_step, [states.gen, states.index, slider], trajectory[1:],
+                                  api_visibility="private", **MODEL_QUEUE), trajectory[1:]))
+
