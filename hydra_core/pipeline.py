@@ -21,10 +21,12 @@ from typing import Callable, Iterator
 import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
-from transformers import PreTrainedTokenizerFast
+from skimage import img_as_ubyte
+from transformers import PreTrainedTokenizerFast, TextStreamer
 from transformers.generation.logits_process import TemperatureLogitsWarper, TopPLogitsWarper
 
 from .config import EOS_TOKEN, NULL_TOKEN
+from .data.images import to_ubyte
 from .eval.metrics import psnr, ssim
 from .sampling import sample_flow
 from .text import expand_images, generation_text, render_chat
@@ -193,18 +195,9 @@ def _array_to_pil(array: np.ndarray) -> Image.Image:
         array = array[..., 0]
     if array.ndim not in (2, 3) or (array.ndim == 3 and array.shape[-1] not in (3, 4)) or array.size == 0:
         raise ValueError(f"an image array must be [H, W], [H, W, 3] or [H, W, 4], got shape {array.shape}")
-    if array.dtype == bool:
-        array = array.astype(np.uint8) * 255
-    elif array.dtype.kind == "f":
-        if not np.isfinite(array).all():
-            raise ValueError("the image array contains NaN or infinite values")
-        array = np.clip(array * (255.0 if array.max() <= 1.0 else 1.0), 0, 255).round().astype(np.uint8)
-    elif array.dtype.kind in "ui":
-        array = (array // 257 if array.dtype.itemsize == 2 and array.max() > 255 else np.clip(array, 0, 255))
-        array = array.astype(np.uint8)
-    else:
-        raise ValueError(f"an image array must hold numbers, got dtype {array.dtype}")
-    return Image.fromarray(np.ascontiguousarray(array))
+    if array.dtype.kind == "f" and not np.isfinite(array).all():
+        raise ValueError("the image array contains NaN or infinite values")
+    return Image.fromarray(np.ascontiguousarray(to_ubyte(array)))
 
 
 def _to_rgb(image: Image.Image) -> Image.Image:
@@ -263,8 +256,25 @@ def center_crop_resize(image: Image.Image, size: int) -> Image.Image:
 
 def tensor_to_pil(images: torch.Tensor) -> list[Image.Image]:
     """[B, 3, H, W] in [-1, 1] -> PIL images."""
-    arrays = ((images.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+    arrays = img_as_ubyte(((images.float().clamp(-1, 1) + 1) / 2).permute(0, 2, 3, 1).cpu().numpy())
     return [Image.fromarray(a) for a in arrays]
+
+
+class TextPieces(TextStreamer):
+    """transformers' TextStreamer (incremental decoding that holds back a word or character still
+    incomplete), keeping the text it would print for the chat generator to yield."""
+
+    def __init__(self, tokenizer: PreTrainedTokenizerFast):
+        super().__init__(tokenizer, skip_special_tokens=True)
+        self.pieces: list[str] = []
+
+    def on_finalized_text(self, text: str, stream_end: bool = False) -> None:
+        if text:
+            self.pieces.append(text)
+
+    def take(self) -> list[str]:
+        pieces, self.pieces = self.pieces, []
+        return pieces
 
 
 class HydraPipeline:
@@ -504,9 +514,11 @@ class HydraPipeline:
         warpers = [TemperatureLogitsWarper(temperature), TopPLogitsWarper(top_p)] if temperature > 0 else []
         generator = torch.Generator().manual_seed(int(seed))
         eos = self.tokenizer.convert_tokens_to_ids(EOS_TOKEN)
-        generated: list[int] = []
-        shown = ""
+        streamer = TextPieces(self.tokenizer)
         logits = prefix.last_logits
+        # The loop is ours, not model.generate's: each step extends the prefix's KV cache under HYDRA's
+        # own attention mask (bidirectional inside images, masks.py), which generate() cannot take.
+        # Closing this generator (the app's Stop) ends it at the next piece: no further step runs.
         for _ in range(max_new_tokens):
             if warpers:
                 scores = logits.cpu()
@@ -517,12 +529,11 @@ class HydraPipeline:
                 token = int(logits[0].argmax())
             if token == eos:
                 break
-            generated.append(token)
-            text = self.tokenizer.decode(generated, skip_special_tokens=True)
-            if len(text) > len(shown) and not text.endswith("\ufffd"):
-                yield text[len(shown):]
-                shown = text
+            streamer.put(torch.tensor([token]))
+            yield from streamer.take()
             logits = self.model.decode_step(torch.tensor([token], device=self.device), prefix)
+        streamer.end()
+        yield from streamer.take()
 
     def chat_text(self, messages: list[dict], **kwargs) -> str:
         return "".join(self.chat(messages, **kwargs))

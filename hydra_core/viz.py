@@ -21,6 +21,7 @@ from dataclasses import dataclass
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
+from skimage import img_as_ubyte
 
 # ---------------------------------------------------------------- colour maps
 # magma anchors (dark -> bright), perceptually ordered; luminance increases monotonically
@@ -165,7 +166,7 @@ def pca_rgb(latent, basis: PCABasis, display: int = 256) -> np.ndarray:
     """Project tokens onto the basis; map [low, high] -> [0, 255] per component (clipped)."""
     p = basis.project(latent)
     v = (p - basis.low) / (basis.high - basis.low)
-    return _upscale(np.round(np.clip(v, 0, 1) * 255).astype(np.uint8), display)
+    return _upscale(img_as_ubyte(np.clip(v, 0, 1)), display)
 
 
 def _grid_shape(n_tiles: int) -> tuple[int, int]:

@@ -13,6 +13,8 @@ import math
 import numpy as np
 from PIL import Image
 
+from .images import to_rgb_ubyte
+
 # Bundled with scikit-image 0.26 (grey ones are expanded to RGB).
 PHOTO_NAMES = (
     "astronaut", "brick", "camera", "cell", "chelsea", "clock", "coffee", "coins",
@@ -22,24 +24,6 @@ PHOTO_NAMES = (
 )
 HELDOUT_PHOTOS = ("astronaut", "coffee", "camera", "gravel")
 SPLITS = ("train", "heldout", "all")
-
-
-def _to_rgb_uint8(image: np.ndarray) -> np.ndarray:
-    """Grey/RGB/RGBA, bool/float/uint8 -> uint8 [H, W, 3]."""
-    arr = np.asarray(image)
-    if arr.dtype == bool:
-        arr = arr.astype(np.uint8) * 255
-    elif arr.dtype != np.uint8:
-        arr = arr.astype(np.float64)
-        if arr.max() <= 1.0:
-            arr = arr * 255.0
-        arr = np.clip(np.rint(arr), 0, 255).astype(np.uint8)
-    if arr.ndim == 2:
-        arr = np.stack([arr] * 3, axis=-1)
-    if arr.shape[-1] == 4:  # composite over white
-        alpha = arr[..., 3:4].astype(np.float32) / 255.0
-        arr = np.rint(arr[..., :3] * alpha + 255.0 * (1.0 - alpha)).astype(np.uint8)
-    return np.ascontiguousarray(arr[..., :3])
 
 
 @functools.lru_cache(maxsize=1)
@@ -54,7 +38,7 @@ def _load_all() -> dict[str, np.ndarray]:
             continue
         if isinstance(image, tuple):  # e.g. stereo_motorcycle -> (left, right, disparity)
             image = image[0]
-        image = _to_rgb_uint8(image)
+        image = to_rgb_ubyte(image)
         image.setflags(write=False)
         photos[name] = image
     return photos

@@ -30,6 +30,9 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageDraw
 from scipy import ndimage
+from skimage.color import rgb2hsv
+
+from .images import to_rgb_ubyte
 
 IMAGE_SIZE = 64
 SHAPES = ("circle", "square", "triangle", "star")
@@ -534,30 +537,18 @@ MIN_AREA = 20  # pixels at 64x64; smallest object ~110
 def _to_rgb64(image: np.ndarray) -> np.ndarray:
     """Any image (uint8/float/bool, grey/RGB/RGBA, any size) -> float32 [64, 64, 3] in [0, 1]."""
     arr = np.asarray(image)
-    if arr.dtype != np.uint8:
-        arr = np.nan_to_num(arr.astype(np.float64))
-        if arr.size and arr.max() <= 1.0:
-            arr = arr * 255.0
-        arr = np.clip(arr, 0, 255).astype(np.uint8)
     if arr.ndim == 3 and arr.shape[-1] not in (3, 4):
         arr = arr[..., 0]
-    if arr.ndim == 2:
-        arr = np.stack([arr] * 3, axis=-1)
-    if arr.ndim != 3 or arr.shape[0] == 0 or arr.shape[1] == 0:
+    if arr.ndim not in (2, 3) or arr.shape[0] == 0 or arr.shape[1] == 0:
         return np.ones((IMAGE_SIZE, IMAGE_SIZE, 3), dtype=np.float32)
-    arr = np.ascontiguousarray(arr[..., :3])
+    arr = to_rgb_ubyte(arr)
     if arr.shape[:2] != (IMAGE_SIZE, IMAGE_SIZE):
         arr = np.asarray(Image.fromarray(arr).resize((IMAGE_SIZE, IMAGE_SIZE), Image.LANCZOS))
     return arr.astype(np.float32) / 255.0
 
 
-def _hue(rgb: np.ndarray) -> np.ndarray:
-    """Hue in degrees [0, 360) of float RGB values (last axis)."""
-    r, g, b = rgb[..., 0], rgb[..., 1], rgb[..., 2]
-    return np.degrees(np.arctan2(math.sqrt(3.0) * (g - b), 2 * r - g - b)) % 360.0
-
-
-_PALETTE_HUES = _hue(np.array(list(COLORS.values()), dtype=np.float64) / 255.0)
+# Hue in degrees [0, 360) of each palette colour (scikit-image's HSV).
+_PALETTE_HUES = rgb2hsv(np.array([list(COLORS.values())], dtype=np.float64) / 255.0)[0, :, 0] * 360.0
 
 
 # Angular harmonics of a shape's mass (orders 3, 4, 5) are large for triangles,
@@ -618,12 +609,13 @@ def detect_objects(image: np.ndarray) -> list[Detection]:
     classified by its geometry.  Any image is accepted (resized to 64x64);
     centroids and boxes are in 64-px units."""
     rgb = _to_rgb64(image)
-    vmax, vmin = rgb.max(axis=-1), rgb.min(axis=-1)
-    saturation = (vmax - vmin) / np.maximum(vmax, 1e-6)
-    foreground = (saturation > MIN_SATURATION) & (vmax > MIN_VALUE)
-    diff = np.abs(_hue(rgb)[..., None] - _PALETTE_HUES)
+    hue, saturation, value = np.moveaxis(rgb2hsv(rgb), -1, 0)
+    foreground = (saturation > MIN_SATURATION) & (value > MIN_VALUE)
+    diff = np.abs(hue[..., None] * 360.0 - _PALETTE_HUES)
     color_index = np.argmin(np.minimum(diff, 360.0 - diff), axis=-1)
     detections = []
+    # Regions are measured with scipy.ndimage, not skimage's regionprops: the centroid and box are
+    # taken on each object's anti-aliasing coverage map (which reaches past its label), not the label.
     for k, name in enumerate(COLORS):
         labels, n = ndimage.label(foreground & (color_index == k))
         sizes = ndimage.sum_labels(np.ones_like(labels), labels, index=np.arange(1, n + 1))
