@@ -59,6 +59,9 @@ class HydraTokConfig:
     num_attention_heads: int = 4
     intermediate_size: int = 768
     layer_scale_init_value: float = 0.1
+    # Biases on the attention's q/k/v projections: InternViT-300M has them (its fused `qkv` is
+    # Linear(1024, 3072, bias=True)); the tiny model, trained from scratch, does not.
+    qkv_bias: bool = False
     latent_channels: int = 32
     # Pixel flow decoder: a DiT-style transformer over patches of x_t, conditioned per token on the
     # GSB latent (through its own un-projection, W_unproj^gen) and globally on t through AdaLN-Zero.
@@ -113,6 +116,7 @@ class HydraTokConfig:
             image_size=self.image_size,
             patch_size=self.patch_size,
             layer_scale_init_value=self.layer_scale_init_value,
+            attention_bias=self.qkv_bias,
             use_mean_pooling=True,
             attn_implementation="sdpa",
         )
@@ -200,7 +204,8 @@ def _qwen25(hidden: int, layers: int, heads: int, kv_heads: int, ffn: int, vocab
 
 
 def _paper_tokenizer() -> HydraTokConfig:
-    # InternViT-300M-448px-V2.5 split 12 + 12; the decoder sized near the paper's smallest (144M).
+    # InternViT-300M-448px-V2.5 split 12 + 12 (with its q/k/v biases: 304,012,288 parameters); the
+    # decoder sized near the paper's smallest (144M).
     return HydraTokConfig(
         image_size=448,
         patch_size=14,
@@ -210,6 +215,7 @@ def _paper_tokenizer() -> HydraTokConfig:
         num_attention_heads=16,
         intermediate_size=4096,
         layer_scale_init_value=0.1,
+        qkv_bias=True,
         latent_channels=64,
         decoder_hidden_size=1024,
         decoder_layers=12,

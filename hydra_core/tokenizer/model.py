@@ -10,11 +10,13 @@ patch tokens only, and Sem-ViT runs the remaining blocks on the un-projected pat
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from torch import nn
+from safetensors.torch import load_file
 from transformers import InternVLVisionModel
 from transformers.models.internvl.modeling_internvl import InternVLVisionEmbeddings, InternVLVisionLayer
 
@@ -118,16 +120,23 @@ class HydraTok(nn.Module):
     # ------------------------------------------------------------------ InternViT weights
     @classmethod
     def from_internvit(cls, config: HydraTokConfig, path: str | Path) -> "HydraTok":
-        """Initialise the ViT halves from an InternVL-vision-format checkpoint (safetensors only)."""
+        """Initialise the ViT halves from an InternViT checkpoint folder (safetensors only), in either
+        OpenGVLab's layout (InternViT-300M-448px-V2.5 as published) or transformers' InternVL-vision one."""
         model = cls(config)
-        source = InternVLVisionModel.from_pretrained(path, use_safetensors=True)
-        model.load_internvit_state(source.state_dict())
+        files = sorted(Path(path).glob("*.safetensors"))
+        if not files:
+            raise FileNotFoundError(f"{path} holds no .safetensors file")
+        state: dict[str, torch.Tensor] = {}
+        for file in files:
+            state.update(load_file(file))
+        model.load_internvit_state(state)
         return model
 
     def load_internvit_state(self, state: dict[str, torch.Tensor]) -> None:
-        """Copy `embeddings.*` and `encoder.layer.{i}.*` into Gen-ViT (i < gen_layers) and Sem-ViT."""
+        """Copy an InternViT state dict (either layout, see convert_internvit_state) into Gen-ViT
+        (blocks < gen_layers) and Sem-ViT; every missing, unexpected or misshapen tensor is named."""
         mapped: dict[str, torch.Tensor] = {}
-        for key, value in state.items():
+        for key, value in convert_internvit_state(state).items():
             if key.startswith("embeddings."):
                 mapped["gen_vit." + key] = value
             elif key.startswith("encoder.layer."):
@@ -137,14 +146,24 @@ class HydraTok(nn.Module):
                     mapped[f"gen_vit.layers.{i}.{rest}"] = value
                 elif i < self.config.num_hidden_layers:
                     mapped[f"sem_vit.layers.{i - self.config.gen_layers}.{rest}"] = value
-        expected = {k for k in self.state_dict() if k.startswith(("gen_vit.", "sem_vit."))}
-        missing = sorted(expected - set(mapped))
+        own = {k: v for k, v in self.state_dict().items() if k.startswith(("gen_vit.", "sem_vit."))}
+        missing = sorted(set(own) - set(mapped))
+        unexpected = sorted(set(mapped) - set(own))
+        wrong = [f"{k}: checkpoint {tuple(mapped[k].shape)} vs config {tuple(own[k].shape)}"
+                 for k in sorted(set(own) & set(mapped)) if own[k].shape != mapped[k].shape]
+        problems = []
         if missing:
-            raise ValueError(f"the InternViT checkpoint lacks {len(missing)} tensors, e.g. {missing[:3]}")
-        own = self.state_dict()
-        wrong = [k for k, v in mapped.items() if own[k].shape != v.shape]
+            hint = " (the config has q/k/v biases: qkv_bias=True)" if any(k.endswith("_proj.bias") for k in missing) else ""
+            problems.append(f"the InternViT checkpoint lacks {len(missing)} tensors{hint}: {_names(missing)}")
+        if unexpected:
+            hint = " (the checkpoint has q/k/v biases: set qkv_bias=True)" if any(
+                k.endswith("_proj.bias") for k in unexpected) else ""
+            problems.append(f"{len(unexpected)} checkpoint tensors have no place in the config{hint}: "
+                            f"{_names(unexpected)}")
         if wrong:
-            raise ValueError(f"InternViT tensor shapes do not match the config: {wrong[:3]}")
+            problems.append(f"{len(wrong)} tensor shapes do not match the config: {_names(wrong)}")
+        if problems:
+            raise ValueError("; ".join(problems))
         self.load_state_dict(mapped, strict=False)
 
     # ------------------------------------------------------------------ training losses
@@ -170,6 +189,53 @@ class HydraTok(nn.Module):
         student = enc.gen_hidden + enc.sem_hidden
         losses = [cosine_loss(student[l - 1], teacher_hidden[l][:, 1:]) for l in self.config.distill_layers]
         return torch.stack(losses).sum()
+
+
+# OpenGVLab's InternViT names -> transformers' InternVL-vision names (after an optional "vision_model."
+# prefix is dropped); the fused attn.qkv is split into q_proj / k_proj / v_proj. The same renames as
+# transformers' own InternVL conversion script (not shipped in the wheel).
+_INTERNVIT_RENAMES = (
+    (r"^embeddings\.class_embedding$", "embeddings.cls_token"),
+    (r"^embeddings\.position_embedding$", "embeddings.position_embeddings"),
+    (r"^embeddings\.patch_embedding\.", "embeddings.patch_embeddings.projection."),
+    (r"^encoder\.layers\.(\d+)\.", r"encoder.layer.\1."),
+    (r"\.attn\.proj\.", ".attention.projection_layer."),
+    (r"\.attn\.(q_norm|k_norm)\.", r".attention.\1."),
+    (r"\.norm1\.", ".layernorm_before."),
+    (r"\.norm2\.", ".layernorm_after."),
+    (r"\.ls1$", ".lambda_1"),
+    (r"\.ls2$", ".lambda_2"),
+)
+
+
+def convert_internvit_state(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """An InternViT state dict in OpenGVLab's layout (`embeddings.class_embedding`, `encoder.layers.{i}.attn.qkv`,
+    `attn.proj`, `mlp.fc1/fc2`, `norm1/norm2`, `ls1/ls2`) in transformers' InternVL-vision names
+    (`embeddings.cls_token`, `encoder.layer.{i}.attention.{q,k,v}_proj`, `projection_layer`, `layernorm_before/after`,
+    `lambda_1/2`). A state dict already in transformers' names is returned as it is. Works on meta tensors."""
+    out: dict[str, torch.Tensor] = {}
+    for key, value in state.items():
+        key = key.removeprefix("vision_model.")
+        if key.endswith((".attn.qkv.weight", ".attn.qkv.bias")):
+            base = key.rsplit(".attn.qkv.", 1)[0]
+            kind = key.rsplit(".", 1)[1]
+            if value.shape[0] % 3:
+                raise ValueError(f"{key} has {value.shape[0]} rows, not a q/k/v stack (a multiple of 3)")
+            for name, part in zip(("q_proj", "k_proj", "v_proj"), value.chunk(3, dim=0)):
+                out[_rename(f"{base}.attention.{name}.{kind}")] = part
+            continue
+        out[_rename(key)] = value
+    return out
+
+
+def _rename(key: str) -> str:
+    for pattern, replacement in _INTERNVIT_RENAMES:
+        key = re.sub(pattern, replacement, key)
+    return key
+
+
+def _names(items: list[str], limit: int = 6) -> str:
+    return ", ".join(items[:limit]) + (f", ... ({len(items) - limit} more)" if len(items) > limit else "")
 
 
 def build_teacher(config: HydraTokConfig) -> InternVLVisionModel:
