@@ -1,15 +1,15 @@
 """HYDRA Studio: a Gradio UI over `hydra_core` (Generate | Reconstruct | Chat | Compare).
 
     python app.py [--checkpoint DIR_OR_HUB_ID] [--device auto|cpu|cuda]
-                  [--precision fp32|bf16|fp16|int8|nf4] [--host 127.0.0.1] [--port 7860] [--share]
+                  [--precision fp32|bf16|fp16|int8|nf4] [--host 127.0.0.1] [--port 7860] [--share] [--mcp]
 
 Every flag also reads an environment variable, so a Space sets them in its settings:
 HYDRA_CHECKPOINT, HYDRA_DEVICE, HYDRA_PRECISION, HYDRA_HOST (else GRADIO_SERVER_NAME),
-HYDRA_PORT (else GRADIO_SERVER_PORT), HYDRA_SHARE.
+HYDRA_PORT (else GRADIO_SERVER_PORT), HYDRA_SHARE, HYDRA_MCP.
 
 This file is the entry point only (flags, load, launch); the page lives in `studio/`, one module per
-tab (see studio/__init__.py). Public endpoints: /generate, /reconstruct, /chat, /noise_probe,
-/interpolate; all model events share one queue slot (concurrency_id="model", limit 1, at most
+tab (see studio/__init__.py). Public endpoints: /generate, /self_check, /reconstruct, /chat,
+/noise_probe, /interpolate (with --mcp also MCP tools for agents); all model events share one queue slot (concurrency_id="model", limit 1, at most
 QUEUE_SIZE waiting; beyond that a caller is told the queue is full).
 """
 
@@ -50,6 +50,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="port (env HYDRA_PORT or GRADIO_SERVER_PORT; default 7860)")
     parser.add_argument("--share", action="store_true", default=_env_flag("HYDRA_SHARE"),
                         help="create a public gradio.live link (env HYDRA_SHARE=1; default off)")
+    parser.add_argument("--mcp", action="store_true", default=_env_flag("HYDRA_MCP"),
+                        help="also serve the public endpoints as MCP tools for agents, at /gradio_api/mcp/ "
+                             "(env HYDRA_MCP=1; default off)")
     return parser.parse_args(argv)
 
 
@@ -72,7 +75,8 @@ def main(argv: list[str] | None = None) -> None:
                                                  defer_placement=defer, offload=args.offload)
     except (ValueError, OSError) as error:  # a bad flag, a missing checkpoint: say why, without a traceback
         raise SystemExit(f"hydra studio: {error}") from error
-    build_demo(pipeline).launch(server_name=args.host, server_port=args.port, share=args.share, **launch_kwargs())
+    build_demo(pipeline).launch(server_name=args.host, server_port=args.port, share=args.share,
+                                mcp_server=args.mcp, **launch_kwargs())
 
 
 if __name__ == "__main__":

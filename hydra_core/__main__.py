@@ -1,4 +1,4 @@
-"""Command line: `python -m hydra_core info|generate|reconstruct|chat ...`."""
+"""Command line: `python -m hydra_core info|generate|reconstruct|chat|self-check ...`."""
 
 from __future__ import annotations
 
@@ -29,6 +29,8 @@ def main(argv: list[str] | None = None) -> int:
     gen.add_argument("--guidance", type=float, default=None)
     gen.add_argument("--seed", type=int, default=0)
     gen.add_argument("--out", type=Path, default=Path("outputs"))
+    gen.add_argument("--self-check", action="store_true",
+                     help="ask each image the questions the prompt implies and say whether it agrees")
     rec = sub.add_parser("reconstruct", help="encode and decode an image")
     model_args(rec)
     rec.add_argument("image", type=Path)
@@ -37,6 +39,10 @@ def main(argv: list[str] | None = None) -> int:
     model_args(chat)
     chat.add_argument("question")
     chat.add_argument("--image", type=Path, default=None)
+    check = sub.add_parser("self-check", help="ask an image the questions a prompt implies (the model reads it)")
+    model_args(check)
+    check.add_argument("image", type=Path)
+    check.add_argument("prompt")
     args = parser.parse_args(argv)
 
     if args.command == "info":
@@ -59,6 +65,11 @@ def main(argv: list[str] | None = None) -> int:
             for image, seed in zip(out.images, out.seeds):
                 image.save(args.out / f"generated-seed{seed}.png")
             print(f"{len(out.images)} image(s) in {args.out}/ (seeds {out.seeds}, {out.seconds:.2f} s)")
+            if args.self_check:
+                for image, seed in zip(out.images, out.seeds):
+                    _print_self_check(pipe, image, args.prompt, f"seed {seed}")
+        elif args.command == "self-check":
+            _print_self_check(pipe, args.image, args.prompt, str(args.image))
         elif args.command == "reconstruct":
             out = pipe.reconstruct(args.image)
             args.out.mkdir(parents=True, exist_ok=True)
@@ -75,6 +86,18 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {error}", file=sys.stderr)
         return 2
     return 0
+
+
+def _print_self_check(pipe, image, prompt: str, name: str) -> None:
+    from .pipeline import to_pil
+    from .selfcheck import agreement, self_check
+
+    answers = self_check(pipe, to_pil(image), prompt)
+    verdict = {True: "agrees with the prompt", False: "does not agree", None: "nothing to check"}[agreement(answers)]
+    print(f"{name}: {verdict}")
+    for a in answers:
+        print(f"  {a.question}  prompt implies {a.expected!r}, model answers {a.answer!r}"
+              f"{'' if a.agrees else '  <- differs'}")
 
 
 if __name__ == "__main__":

@@ -44,6 +44,7 @@ MAX_NEW_TOKENS = 1024
 
 ImageLike = Image.Image | np.ndarray | str | Path
 ProgressFn = Callable[[int, int], None]
+StepFn = Callable[[int, int, torch.Tensor], None]  # (step, steps, clean estimate [B, N, C])
 
 
 @dataclass
@@ -383,13 +384,16 @@ class HydraPipeline:
     @torch.no_grad()
     def generate(self, prompt: str, num_images: int = 1, steps: int | None = None, guidance: float | None = None,
                  seed: int = 0, decoder_steps: int | None = None, return_trajectory: bool = False,
-                 progress: ProgressFn | None = None) -> GenerationOutput:
+                 progress: ProgressFn | None = None, on_step: StepFn | None = None) -> GenerationOutput:
         """Text -> images through the flow head, with classifier-free guidance against the null prompt.
 
         1. Tokenise the prompt and the null prompt; prefill both once (their KV cache serves every step).
         2. Draw each image's noise from its own seed.
         3. Integrate the flow in the normalised latent space; v = v_null + g * (v_cond - v_null).
         4. Denormalise and decode with the pixel flow decoder.
+
+        on_step(step, steps, clean) is called after each flow step with the clean estimate [B, N, C]
+        (raw latent scale) that step aims at: for live previews; an exception it raises ends the run.
         """
         start = time.perf_counter()
         self.ensure_placed()
@@ -419,14 +423,16 @@ class HydraPipeline:
 
         trajectory: list[dict] = []
 
-        def on_step(i: int, t_next: float, z: torch.Tensor, clean: torch.Tensor) -> None:
+        def after_step(i: int, t_next: float, z: torch.Tensor, clean: torch.Tensor) -> None:
             if return_trajectory:
                 trajectory.append({"t": t_next, "latent": model.denormalize(z).float().cpu(),
                                    "x0": model.denormalize(clean).float().cpu()})
             if progress is not None:
                 progress(i + 1, steps)
+            if on_step is not None:
+                on_step(i + 1, steps, model.denormalize(clean).float())
 
-        z0 = sample_flow(velocity, noise, steps, shift=self.config.time_shift, callback=on_step)
+        z0 = sample_flow(velocity, noise, steps, shift=self.config.time_shift, callback=after_step)
         latents = model.denormalize(z0).float()
         images = self.decode(latents, steps=decoder_steps, noise=decoder_noise)
         return GenerationOutput(images=images, latents=latents.cpu(), seeds=seeds, trajectory=trajectory,

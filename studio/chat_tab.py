@@ -143,7 +143,19 @@ class ChatTab(Tab):
     @guarded("chat")
     def chat(self, message: str = "", image: str | None = None, max_new_tokens: int = 64,
              temperature: float = 0.0, top_p: float = 1.0, seed: int = 0, request: gr.Request = None):
-        """One user turn (text and/or an image) -> the assistant's reply, streamed."""
+        """Ask HYDRA about an image (one user turn, no history); the reply streams.
+
+        Args:
+            message: the question or message.
+            image: an optional image the message is about.
+            max_new_tokens: the most tokens in the reply (1-256).
+            temperature: sampling temperature; 0 decodes greedily (0-2).
+            top_p: nucleus sampling threshold (0.05-1).
+            seed: sampling seed.
+
+        Returns:
+            the assistant's reply text.
+        """
         if message is not None and not isinstance(message, str):
             raise ValueError(f"message must be text, got {type(message).__name__}")
         content = ([{"type": "image", "image": image}] if image else []) + (

@@ -53,6 +53,17 @@ CSS = """
 .fill img { width: 100%; height: 100%; object-fit: contain; }  /* show 64 px outputs large */
 #status { font-size: 0.85rem; opacity: 0.85; }
 #status p { margin: 0; }
+/* Labels and icon buttons sit above a picture, not on it: Gradio floats them over its corners. */
+.gradio-container label[data-testid="block-label"].float { position: static; margin: 0 0 4px 0; max-width: 100%; }
+.gradio-container .image-container .icon-button-wrapper.top-panel,
+.gradio-container .gallery-container .icon-button-wrapper.top-panel { position: static; justify-content: flex-end; }
+#gallery .grid-wrap { height: auto !important; max-height: none !important; overflow: visible; }
+#gallery .grid-container { padding-top: 0; }
+#gallery .caption-label { position: static; max-width: 100%; white-space: normal; font-size: 0.8rem;
+                          text-align: center; background: none; }
+@media (max-width: 640px) {  /* a phone: two rows of two */
+  #gallery .grid-container { grid-template-columns: repeat(2, minmax(0, 1fr)) !important; }
+}
 """
 
 

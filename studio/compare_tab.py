@@ -44,27 +44,35 @@ class CompareTab(Tab):
         table = ("| a | b | cosine (mean over tokens) | L2 distance (mean) | MSE |\n|---|---|---|---|---|\n"
                  f"| {name_a} | {name_b} | {stats['cosine_mean']:.3f} | {stats['l2_mean']:.3f} | "
                  f"{stats['mse']:.4f} |")
-        return image_a, image_b, picture, table
+        return (gr.Image(image_a, label=f"a: {name_a}"), gr.Image(image_b, label=f"b: {name_b}"), picture, table)
 
 
 def build(h: CompareTab, states: SimpleNamespace, refresh: Refresh) -> None:
-    gr.Markdown("Two latents side by side in the same PCA basis, with their per-token distance.")
+    gr.Markdown("Two latents side by side in the same PCA basis, with their per-token distance. Each side comes "
+                "from the last generated image (the one selected in Generate), the last reconstructed input, or "
+                "an upload.")
+    uploads = []
     with gr.Row():
-        with gr.Column():
-            source_a = gr.Radio(COMPARE_SOURCES, value="upload", label="Latent a from")
-            upload_a = image_input(label="Image a (for 'upload')", height=200, elem_id="compare-a")
-        with gr.Column():
-            source_b = gr.Radio(COMPARE_SOURCES, value="last generated", label="Latent b from")
-            upload_b = image_input(label="Image b (for 'upload')", height=200, elem_id="compare-b")
-    gr.Examples([[p] for p in example_images()], inputs=[upload_a], label="Examples for image a")
+        for side, default in (("a", "upload"), ("b", "last generated")):
+            with gr.Column():
+                source = gr.Radio(COMPARE_SOURCES, value=default, label=f"Latent {side} from",
+                                  elem_id=f"compare-{side}-source")
+                # The upload shows only when it is the source, so the page never shows an image it will not use.
+                with gr.Column(visible=default == "upload") as upload_box:
+                    upload = image_input(label=f"Image {side}", height=200, elem_id=f"compare-{side}")
+                    gr.Examples([[p] for p in example_images()], inputs=[upload], label=f"Examples for image {side}")
+                source.change(lambda choice: gr.Column(visible=choice == "upload"), source, upload_box, queue=False,
+                              api_visibility="private")
+                uploads.append((source, upload))
     button = gr.Button("Compare", variant="primary", elem_id="compare-button")
     with gr.Row(equal_height=True):
-        shown_a = gr.Image(label="a", scale=1, **{**PIXELS, "height": 200})
-        shown_b = gr.Image(label="b", scale=1, **{**PIXELS, "height": 200})
-        picture = gr.Image(label="PCA(a) | PCA(b) | per-token distance", type="numpy", interactive=False,
-                           height=200, format="png", scale=3, elem_id="compare-picture")
+        shown_a = gr.Image(label="a", scale=1, elem_id="compare-shown-a", **{**PIXELS, "height": 220})
+        shown_b = gr.Image(label="b", scale=1, elem_id="compare-shown-b", **{**PIXELS, "height": 220})
+        picture = gr.Image(label="PCA(a) | PCA(b) | per-token distance (bright = far)", type="numpy",
+                           interactive=False, height=220, format="png", scale=3, elem_id="compare-picture",
+                           elem_classes="pixelated")
     stats = gr.Markdown(elem_id="compare-stats")
     outputs = [shown_a, shown_b, picture, stats]
+    (source_a, upload_a), (source_b, upload_b) = uploads
     refresh(settle(button.click(h.compare, [source_a, upload_a, source_b, upload_b, states.gen, states.index,
                                             states.rec], outputs, api_visibility="private", **MODEL_QUEUE), outputs))
-

@@ -43,7 +43,7 @@ def build_demo(pipeline) -> gr.Blocks:
     return demo
 
 
-def serve_locally(pipeline) -> tuple[gr.Blocks, str]:
+def serve_locally(pipeline, mcp_server: bool = False) -> tuple[gr.Blocks, str]:
     """Build the app and serve it on a free 127.0.0.1 port without blocking: (demo, url).
     For tests and benchmarks; close with demo.close()."""
     import socket
@@ -53,5 +53,5 @@ def serve_locally(pipeline) -> tuple[gr.Blocks, str]:
         port = sock.getsockname()[1]
     demo = build_demo(pipeline)
     _, url, _ = demo.launch(prevent_thread_lock=True, server_name="127.0.0.1", server_port=port, quiet=True,
-                            **launch_kwargs())
+                            mcp_server=mcp_server, **launch_kwargs())
     return demo, url

@@ -2,10 +2,19 @@
 
 from __future__ import annotations
 
+import contextvars
+import queue
+import threading
 from types import SimpleNamespace
 
 import spaces
 import torch
+
+PREVIEW_DECODER_STEPS = 2  # decoder steps for previews of clean estimates (cheap on CPU)
+
+
+class GenerationStopped(Exception):
+    """Raised inside a generation whose consumer has gone (the page's Stop)."""
 
 def device_functions(pipe) -> SimpleNamespace:
     """The app's only model calls, as closures over the pipeline.
@@ -16,13 +25,54 @@ def device_functions(pipe) -> SimpleNamespace:
     """
 
     @spaces.GPU
-    def generate(prompt, num_images, steps, guidance, seed, decoder_steps, progress=None):
-        def report(step: int, total: int) -> None:
-            if progress is not None:
-                progress((step, total), desc="decoding pixels" if step == total else "flow steps")
+    def generate_stream(prompt, num_images, steps, guidance, seed, decoder_steps, previews, progress=None):
+        """pipe.generate (with its trajectory), yielding ("preview", step, steps, images) `previews` times
+        along the flow (the clean estimate at that step, decoded with PREVIEW_DECODER_STEPS), then ("done",
+        GenerationOutput). Closing the generator (the page's Stop) ends the run at the next flow step."""
+        updates: queue.Queue = queue.Queue()
+        stopped = threading.Event()
+        seeds = [seed + k for k in range(num_images)]
+        every = max(1, steps // (previews + 1)) if previews else 0
 
-        return pipe.generate(prompt, num_images=num_images, steps=steps, guidance=guidance, seed=seed,
-                             decoder_steps=decoder_steps, return_trajectory=True, progress=report)
+        def on_step(step: int, total: int, clean: torch.Tensor) -> None:
+            if stopped.is_set():
+                raise GenerationStopped
+            if every and step % every == 0 and step < total:
+                updates.put(("preview", step, total, pipe.decode(clean, steps=PREVIEW_DECODER_STEPS, seeds=seeds)))
+
+        def run() -> None:
+            def report(step: int, total: int) -> None:
+                if progress is not None:
+                    progress((step, total), desc="flow steps")
+
+            try:
+                updates.put(("done", pipe.generate(prompt, num_images=num_images, steps=steps, guidance=guidance,
+                                                   seed=seed, decoder_steps=decoder_steps, return_trajectory=True,
+                                                   progress=report, on_step=on_step)))
+            except BaseException as error:  # handed to the caller's thread, raised there
+                updates.put(("error", error))
+
+        # The run happens in a worker so that previews reach the page while it goes on; it keeps the
+        # caller's context (Gradio's progress reporting lives in context variables).
+        threading.Thread(target=contextvars.copy_context().run, args=(run,), daemon=True).start()
+        try:
+            while True:
+                kind, *rest = updates.get()
+                if kind == "error":
+                    raise rest[0]
+                yield (kind, *rest)
+                if kind == "done":
+                    return
+        finally:
+            stopped.set()
+
+    @spaces.GPU
+    def self_check(images, prompt):
+        from hydra_core.selfcheck import prompt_checks
+        from hydra_core.selfcheck import self_check as check
+
+        checks = prompt_checks(prompt)
+        return [check(pipe, image, prompt, checks) for image in images]  # [[Answer, ...] per image]
 
     @spaces.GPU
     def reconstruct(image, steps, seed):
@@ -54,6 +104,7 @@ def device_functions(pipe) -> SimpleNamespace:
         yield from pipe.chat(messages, max_new_tokens=max_new_tokens, temperature=temperature,
                              top_p=top_p, seed=seed)
 
-    return SimpleNamespace(generate=generate, reconstruct=reconstruct, encode=encode, decode=decode,
+    return SimpleNamespace(generate_stream=generate_stream, self_check=self_check,
+                           reconstruct=reconstruct, encode=encode, decode=decode,
                            noise_probe=noise_probe, interpolate=interpolate, chat=chat)
 

@@ -20,7 +20,16 @@ INTERPOLATION_ALPHAS = (0.0, 0.25, 0.5, 0.75, 1.0)
 class ReconstructTab(Tab):
     @guarded("reconstruct")
     def reconstruct(self, image: str | None, decoder_steps: int, seed: int, request: gr.Request = None):
-        """-> model-sized original, reconstruction, error map, PSNR, SSIM, reconstruction state."""
+        """Encode an image into HYDRA's GSB latent and decode it back to pixels with the pixel flow decoder.
+
+        Args:
+            image: the image (PNG, JPEG, WebP, GIF, BMP or TIFF); it is centre-cropped to the model's size.
+            decoder_steps: Euler steps of the pixel flow decoder (1-50).
+            seed: seed of the decoder's noise.
+
+        Returns:
+            the model-sized original, the reconstruction, an error map, PSNR (dB) and SSIM.
+        """
         decoder_steps, seed = checked(decoder_steps=decoder_steps, seed=seed)
         if image is None:
             raise user_error("Upload, paste or pick an image first.")
@@ -40,7 +49,17 @@ class ReconstructTab(Tab):
     @guarded("the noise probe")
     def noise_probe(self, image: str | None, sigma: float, decoder_steps: int, seed: int,
                     request: gr.Request = None):
-        """Add N(0, σ²) noise to the image's latent and decode it: -> decoded, noisy latent PCA, info."""
+        """Add Gaussian noise to an image's GSB latent and decode it, to see how robust the latent is.
+
+        Args:
+            image: the image to encode.
+            sigma: standard deviation of the noise added to the latent (0-3).
+            decoder_steps: Euler steps of the pixel flow decoder (1-50).
+            seed: seed of the noise and of the decoder.
+
+        Returns:
+            the decoded noisy latent, a PCA picture of the noisy latent, and a sentence with the noise ratio.
+        """
         sigma, decoder_steps, seed = checked(sigma=sigma, decoder_steps=decoder_steps, seed=seed)
         if image is None:
             raise user_error("Upload, paste or pick an image first.")
@@ -55,7 +74,17 @@ class ReconstructTab(Tab):
     @guarded("interpolate")
     def interpolate(self, image_a: str | None, image_b: str | None, decoder_steps: int, seed: int,
                     request: gr.Request = None):
-        """Decode (1 − α)·a + α·b in GSB space: -> gallery over α, PCA strip of the mixed latents."""
+        """Interpolate between two images in GSB latent space: decode (1 - a) * latent(A) + a * latent(B).
+
+        Args:
+            image_a: the first image (a = 0).
+            image_b: the second image (a = 1).
+            decoder_steps: Euler steps of the pixel flow decoder (1-50).
+            seed: seed of the decoder's noise (the same for every a).
+
+        Returns:
+            the decoded images for a = 0, 0.25, 0.5, 0.75, 1 and a PCA strip of the mixed latents.
+        """
         decoder_steps, seed = checked(decoder_steps=decoder_steps, seed=seed)
         if image_a is None or image_b is None:
             raise user_error("Interpolation needs two images: the main input and a second image.")

@@ -274,13 +274,14 @@ def test_a_user_mistake_is_one_log_line_and_a_fault_keeps_its_traceback(client, 
 def test_out_of_memory_becomes_a_message_releases_memory_and_the_next_request_works(client, served_app,
                                                                                     monkeypatch):
     handlers = served_app[0].hydra
-    real, released = handlers.device.generate, []
+    real, released = handlers.device.generate_stream, []
 
     def out_of_memory_once(*args, **kwargs):
-        monkeypatch.setattr(handlers.device, "generate", real)
+        monkeypatch.setattr(handlers.device, "generate_stream", real)
         raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
+        yield  # a generator, as the real one
 
-    monkeypatch.setattr(handlers.device, "generate", out_of_memory_once)
+    monkeypatch.setattr(handlers.device, "generate_stream", out_of_memory_once)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "empty_cache", lambda: released.append(True))
     with pytest.raises(AppError, match="The GPU ran out of memory for this request. Its memory was released"):

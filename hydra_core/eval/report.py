@@ -32,6 +32,10 @@ def evaluation_rows(results: dict) -> list[tuple[str, tuple, str]]:
         control = " / ".join(f"{label} {fmt(get(results, ('vqa', key, q)))}" for key, label in
                              (("other_image", "other image"), ("blank_image", "blank"), ("majority", "majority")))
         rows.append((f"VQA {q}", ("vqa", q), control))
+    if get(results, ("geneval", "self_check")):
+        rows.append(("self-check (the model reads its own image back) agrees with the oracle",
+                     ("geneval", "self_check", "agreement_with_oracle"),
+                     f"majority verdict {fmt(get(results, ('geneval', 'self_check', 'majority')))}"))
     c = results.get("conditioning")
     if c:
         rows.append(("flow loss, held-out prompts (lower is better)", ("conditioning", "right"),

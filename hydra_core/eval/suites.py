@@ -7,6 +7,8 @@
            `overall` = mean over the tags present (as GenEval averages).
 * vqa      one-word questions about held-out scenes, answered greedily; accuracy per question type
            and over all questions.
+           Beside it, the app's self-check (hydra_core.selfcheck: the model answers the questions each
+           prompt implies about its own image) scored by how often its verdict equals the oracle's.
 * conditioning  the flow loss on held-out (GenEval prompt, scene) pairs with the right prompts, the
            same prompts shuffled and the null prompt, at fixed times and noise: whether generation
            listens to its prompt at all, independent of how good the decoder is.
@@ -19,8 +21,10 @@ with its most common answer ("majority").
 
 Result (also the CLI's JSON): {"checkpoint", "seed", "limit", "steps",
   "recon": {"shapesworld" | "photos" | "images": {"psnr", "ssim", "n", "thumbnail_psnr"[, "skipped"]}},
-  "geneval": {<tag>: acc for the tags present, "overall", "n", "mismatched": {<tag>..., "overall"}},
-  "geneval_samples": [{prompt, tag, correct, reason, mismatched_prompt, mismatched_correct}],
+  "geneval": {<tag>: acc for the tags present, "overall", "n", "mismatched": {<tag>..., "overall"},
+              "self_check": {"agreement_with_oracle", "says_agrees", "majority", "n"}},
+  "geneval_samples": [{prompt, tag, correct, reason, mismatched_prompt, mismatched_correct, self_check,
+                       self_check_answers: [[question, expected, answer]]}],
   "vqa": {<qtype>: acc for the types present, "overall", "n",
           "other_image" | "blank_image" | "majority": {<qtype>..., "overall"}},
   "vqa_samples": [{question, answer, qtype, reply, correct, other_reply, blank_reply}],
@@ -34,7 +38,6 @@ pool (`default_rng(seed)`) or training step (`default_rng([seed, step])`) uses.
 from __future__ import annotations
 
 import json
-import re
 import time
 from collections import defaultdict
 from pathlib import Path
@@ -46,6 +49,7 @@ from PIL import Image
 
 from ..data import shapesworld as sw
 from ..data.photos import heldout_photo_crops
+from ..selfcheck import agreement, ask, normalize_answer, self_check
 from .metrics import psnr, ssim
 
 if TYPE_CHECKING:
@@ -56,7 +60,6 @@ DEFAULT_LIMIT = 60
 EVAL_STREAM = 1_000_003  # second entry of every evaluation seed key
 _STREAMS = {"recon": 1, "geneval": 2, "vqa": 3, "conditioning": 4}  # third entry (non-zero: SeedSequence ignores trailing zeros)
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
-VQA_MAX_NEW_TOKENS = 6
 RECON_BATCH = 16
 THUMBNAIL = 8  # side of the input-blind reconstruction baseline
 CONDITIONING_TIMES = (0.5, 0.7, 0.9)
@@ -187,17 +190,31 @@ def score_geneval(images: Iterable, metas: list[dict[str, Any]]) -> tuple[dict[s
 def run_geneval(pipe: "HydraPipeline", limit: int, seed: int, steps: int | None = None,
                 prompts_file: str | Path | None = None) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     metas = read_prompts(prompts_file, limit) if prompts_file else sample_prompts(limit, seed)
-    images = (pipe.generate(m["prompt"], num_images=1, steps=steps, decoder_steps=steps, seed=seed + i).images[0]
-              for i, m in enumerate(metas))
-    return score_geneval(images, metas)
+    images = [pipe.generate(m["prompt"], num_images=1, steps=steps, decoder_steps=steps, seed=seed + i).images[0]
+              for i, m in enumerate(metas)]
+    summary, samples = score_geneval(images, metas)
+    summary["self_check"] = score_self_check(pipe, images, samples)
+    return summary, samples
+
+
+def score_self_check(pipe: "HydraPipeline", images: list, samples: list[dict[str, Any]]) -> dict[str, Any]:
+    """The app's self-check (the model answers the questions each prompt implies about its own image)
+    against the oracle's verdict on the same image. Adds "self_check" and "self_check_answers" to each
+    sample. Control: always giving the oracle's more common verdict ("majority")."""
+    verdicts, oracle = [], []
+    for image, sample in zip(images, samples):
+        answers = self_check(pipe, image, sample["prompt"])
+        sample["self_check"] = agreement(answers)
+        sample["self_check_answers"] = [[a.question, a.expected, a.answer] for a in answers]
+        if sample["self_check"] is not None:
+            verdicts.append(sample["self_check"])
+            oracle.append(sample["correct"])
+    agree = [v == o for v, o in zip(verdicts, oracle)]
+    return {"agreement_with_oracle": _mean(agree), "says_agrees": _mean(verdicts),
+            "majority": max(_mean(oracle), 1 - _mean(oracle)) if oracle else None, "n": len(agree)}
 
 
 # ---------------------------------------------------------------------- vqa
-def normalize_answer(reply: str) -> str:
-    """Lowercase, strip punctuation and whitespace, keep the first word; digits become number words."""
-    words = re.findall(r"[a-z0-9]+", reply.lower())
-    word = words[0] if words else ""
-    return sw.NUMBER_WORDS[int(word)] if word.isdigit() and int(word) < len(sw.NUMBER_WORDS) else word
 
 
 def vqa_items(limit: int, seed: int, size: int) -> list[tuple[Image.Image, sw.QA]]:
@@ -217,13 +234,6 @@ def vqa_items(limit: int, seed: int, size: int) -> list[tuple[Image.Image, sw.QA
                 buckets[qtype].append((Image.fromarray(image), qas[int(rng.integers(len(qas)))]))
     items = [b[i] for i in range(quota) for b in buckets.values() if i < len(b)]
     return items[:limit]
-
-
-def ask(pipe: "HydraPipeline", image: Image.Image | None, question: str) -> str:
-    content = [{"type": "text", "text": question}]
-    if image is not None:
-        content.insert(0, {"type": "image", "image": image})
-    return pipe.chat_text([{"role": "user", "content": content}], max_new_tokens=VQA_MAX_NEW_TOKENS, temperature=0.0)
 
 
 def blank_image(size: int) -> Image.Image:
@@ -357,6 +367,10 @@ def format_table(results: dict[str, Any]) -> str:
                 continue
             control = " / ".join(f"{c} {_fmt(block[c].get(key))}" for c in CONTROLS[suite] if c in block)
             rows.append((suite, key, _fmt(value), control, str(block["n"]) if key == "overall" else ""))
+    check = results.get("geneval", {}).get("self_check")
+    if check:
+        rows.append(("geneval", "self-check agrees with oracle", _fmt(check["agreement_with_oracle"]),
+                     f"majority verdict {_fmt(check['majority'])}", str(check["n"])))
     if "conditioning" in results:
         c = results["conditioning"]
         rows.append(("conditioning", "flow loss, right prompts", _fmt(c["right"]),
