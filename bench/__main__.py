@@ -47,7 +47,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 def settings(args) -> dict:
     if args.smoke:
         return {"repeats": 1, "tok_repeats": 1, "tok_sizes": (32, 56), "kv_repeats": 2, "kv_lengths": (16, 64, 256),
-                "steps": 2, "cold_repeats": 1, "peak_n": 256, "peak_tries": 2, "max_new_tokens": 8}
+                "steps": 2, "cold_repeats": 1, "warmup": 0, "peak_n": 256, "peak_tries": 2, "max_new_tokens": 8}
     if args.quick:
         return {"repeats": args.repeats or 3, "tok_repeats": 1, "tok_sizes": (256,), "kv_repeats": 20,
                 "kv_lengths": (16, 64, 256), "steps": None, "cold_repeats": 1, "peak_n": 2048, "peak_tries": 3,
@@ -86,7 +86,7 @@ def main(argv=None) -> dict:
     if "bundled" in args.sections:
         log("bundled model: pipeline vs served app")
         rows += bundled.run(args.checkpoint, s["repeats"], steps=s["steps"], max_new_tokens=s["max_new_tokens"],
-                            cold_start_repeats=s["cold_repeats"], log=log)
+                            cold_start_repeats=s["cold_repeats"], warmup=s.get("warmup", 1), log=log)
     if "kv" in args.sections or "flops" in args.sections:
         from hydra_core.pipeline import HydraPipeline
 

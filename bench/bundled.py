@@ -78,7 +78,7 @@ def chat_sample(stream, counter: DecodeCounter) -> Sample:
 
 
 def run(checkpoint: str | None, repeats: int, steps: int | None = None, max_new_tokens: int = 64,
-        cold_start_repeats: int = 1, log=print) -> list[dict]:
+        cold_start_repeats: int = 1, warmup: int = 1, log=print) -> list[dict]:
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
     sys.path.insert(0, str(ROOT))
     import app
@@ -100,7 +100,7 @@ def run(checkpoint: str | None, repeats: int, steps: int | None = None, max_new_
         rows += compare(SECTION, f"reconstruct 1 image ({decoder_steps} decoder steps)",
                         (sides[0], timed(lambda: pipe.reconstruct(str(EXAMPLE), seed=0))),
                         (sides[1], timed(lambda: client.predict(image, decoder_steps, 0, api_name="/reconstruct"))),
-                        repeats)
+                        repeats, warmup)
         for k in (1, 4):
             log(f"  generate {k} image(s), {steps} steps")
             rows += compare(
@@ -109,7 +109,7 @@ def run(checkpoint: str | None, repeats: int, steps: int | None = None, max_new_
                 (sides[0], timed(lambda k=k: pipe.generate(PROMPT, num_images=k, steps=steps, seed=0))),
                 (sides[1], timed(lambda k=k: client.predict(PROMPT, k, steps, guidance, 0, False, decoder_steps,
                                                             api_name="/generate"))),
-                repeats)
+                repeats, warmup)
         log(f"  chat ({max_new_tokens} tokens)")
         messages = [{"role": "user", "content": [{"type": "image", "image": str(EXAMPLE)},
                                                  {"type": "text", "text": QUESTION}]}]
@@ -119,11 +119,13 @@ def run(checkpoint: str | None, repeats: int, steps: int | None = None, max_new_
                 (sides[0], lambda: chat_sample(lambda: pipe.chat(messages, max_new_tokens=max_new_tokens), counter)),
                 (sides[1], lambda: chat_sample(lambda: client.submit(QUESTION, image, max_new_tokens, 0.0, 1.0, 0,
                                                                      api_name="/chat"), counter)),
-                repeats,
+                repeats, warmup,
                 metrics={"ttft": (": time to first token", "s", "b/a"),
                          "tps": (f": tokens per second ({max_new_tokens} tokens)", "tokens/s", "a/b")})
     finally:
         demo.close()
+    log("  generate 4 images in bf16")
+    rows.append(precision_row(pipe, checkpoint, steps, repeats))
     log("  cold start")
     rows.append(cold_start(checkpoint, cold_start_repeats))
     return rows
@@ -138,6 +140,21 @@ def serve(app, pipe, tries: int = 3):
             if "localhost is not accessible" not in str(error) or attempt == tries - 1:
                 raise
             time.sleep(1)
+
+
+def precision_row(pipe, checkpoint: str | None, steps: int, repeats: int) -> dict:
+    """Generate 4 images with the CPU's default float32 weights (A) and with `--precision bf16` (B)."""
+    from hydra_core.pipeline import HydraPipeline
+
+    half = HydraPipeline.from_pretrained(checkpoint, device="cpu", precision="bf16")
+    a = pipe.generate(PROMPT, num_images=4, steps=steps, seed=0).latents
+    b = half.generate(PROMPT, num_images=4, steps=steps, seed=0).latents
+    difference = float((a - b).abs().max() / a.abs().max())
+    rows = compare(SECTION, f"generate 4 images ({steps} flow steps), float32 vs bfloat16 weights",
+                   ("pipeline fp32 (CPU default)", timed(lambda: pipe.generate(PROMPT, num_images=4, steps=steps))),
+                   ("pipeline --precision bf16", timed(lambda: half.generate(PROMPT, num_images=4, steps=steps))),
+                   repeats, warmup=0, note=f"largest latent difference {difference:.2g} of the largest latent")
+    return rows[0]
 
 
 # ------------------------------------------------------------------ cold start

@@ -33,7 +33,8 @@ def test_bench_command_prints_and_writes_every_row(tmp_path):
     by_section = {}
     for row in rows:
         by_section.setdefault(row["section"], []).append(row["name"])
-    assert len(by_section["bundled model"]) == 6  # reconstruct, generate 1 and 4, first token, tokens/s, cold start
+    # reconstruct, generate 1 and 4, first token, tokens/s, fp32 vs bf16, cold start
+    assert len(by_section["bundled model"]) == 7
     assert any("generate 4 images" in name for name in by_section["bundled model"])
     assert any("cold start" in name for name in by_section["bundled model"])
     assert len(by_section["HYDRA-TOK vs FLUX.1 VAE"]) == 4 * 2  # encode, decode, two round trips; two sizes
