@@ -57,10 +57,14 @@ CSS = """
 .gradio-container label[data-testid="block-label"].float { position: static; margin: 0 0 4px 0; max-width: 100%; }
 .gradio-container .image-container .icon-button-wrapper.top-panel,
 .gradio-container .gallery-container .icon-button-wrapper.top-panel { position: static; justify-content: flex-end; }
-#gallery .grid-wrap { height: auto !important; max-height: none !important; overflow: visible; }
+#gallery, #gallery .gallery-container { min-height: 0 !important; height: auto !important; }
+#gallery .grid-wrap { height: auto !important; min-height: 0 !important; max-height: none !important; overflow: visible; }
 #gallery .grid-container { padding-top: 0; }
-#gallery .caption-label { position: static; max-width: 100%; white-space: normal; font-size: 0.8rem;
-                          text-align: center; background: none; }
+/* Each caption (seed, preview step, self-check verdict) under its picture, whole, not over it. */
+#gallery .thumbnail-item { height: auto; aspect-ratio: auto; overflow: visible; display: flex; flex-direction: column; }
+#gallery .thumbnail-item img { aspect-ratio: 1 / 1; width: 100%; height: auto; }
+#gallery .caption-label { position: static; transform: none; max-width: 100%; white-space: normal; overflow: visible;
+                          font-size: 0.8rem; text-align: center; background: none; border: none; padding: 2px 0; }
 @media (max-width: 640px) {  /* a phone: two rows of two */
   #gallery .grid-container { grid-template-columns: repeat(2, minmax(0, 1fr)) !important; }
 }

@@ -262,8 +262,9 @@ def build(h: GenerateTab, states: SimpleNamespace, refresh: Refresh) -> None:
     selection = [states.index, *panel.outputs, *trajectory]
 
     outputs = [gallery, seed, details, states.gen]
+    # "minimal": the full progress overlay would hide the live previews it streams into the gallery.
     event = gr.on([button.click, prompt.submit], h.generate, inputs=inputs, outputs=outputs, api_name="generate",
-                  **MODEL_QUEUE,
+                  show_progress="minimal", **MODEL_QUEUE,
                   api_description="Text to 1-4 images; image k uses seed + k. randomize_seed defaults to True: "
                   "pass randomize_seed=False to use `seed`. Streams previews (the clean estimate along the flow, "
                   "captions 'seed k · preview at step i/n'), then returns the gallery (captions 'seed k'), the "

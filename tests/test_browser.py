@@ -281,3 +281,102 @@ def test_the_bad_image_corpus_through_the_page(page, corpus):
         else:
             expect_message(page, case.refuse)
     screenshot(page, "corpus")
+
+
+# ------------------------------------------------------------------ the studio (issue 10)
+SEEN_CAPTIONS = """
+() => {  // record every caption the gallery ever shows, in order (previews may last a fraction of a second)
+  window.__captions = [];
+  const gallery = document.querySelector("#gallery");
+  const record = () => {
+    const texts = [...gallery.querySelectorAll(".caption-label")].map((c) => c.textContent.trim());
+    if (texts.length && texts.join("|") !== (window.__captions.at(-1) || []).join("|")) window.__captions.push(texts);
+  };
+  new MutationObserver(record).observe(gallery, {subtree: true, childList: true, characterData: true});
+}
+"""
+
+
+def generate_four(page: Page, prompt: str, steps: int) -> None:
+    page.get_by_role("tab", name="Generate").click()
+    page.locator("#prompt textarea").fill(prompt)
+    box = page.get_by_label("number input for Number of images")
+    box.fill("4")
+    box.press("Tab")
+    if not page.locator("#steps").is_visible():
+        page.get_by_text("Advanced settings").click()
+    set_number(page, "steps", steps)
+    set_number(page, "decoder-steps", 1)
+    page.locator("#generate-button").click()
+
+
+def test_previews_come_before_the_final_images_and_each_image_gets_a_self_check(page):
+    page.set_viewport_size({"width": 1280, "height": 800})
+    page.evaluate(SEEN_CAPTIONS)
+    generate_four(page, "a photo of a red circle", 12)
+    gallery = page.locator("#gallery")
+    expect(gallery.locator(".caption-label").filter(has_text="self-check")).to_have_count(4)
+    seen = page.evaluate("window.__captions")
+    previews = [i for i, texts in enumerate(seen) if all("preview at step" in t for t in texts)]
+    finals = [i for i, texts in enumerate(seen) if all(re.fullmatch(r"seed \d+", t) for t in texts)]
+    assert previews and finals and finals[-1] > previews[0], seen  # the final images came after a preview
+    expect(page.locator("#self-check")).to_contain_text(re.compile(r"Self-check: \d of 4 images agree"))
+    expect(page.locator("#self-check")).to_contain_text("what color is the circle?")
+    screenshot(page, "generate-previews-and-self-check")
+
+
+def in_view(page: Page, box: dict) -> bool:
+    viewport = page.viewport_size
+    return box["x"] >= 0 and box["y"] >= 0 and box["x"] + box["width"] <= viewport["width"] + 1 \
+        and box["y"] + box["height"] <= viewport["height"] + 1
+
+
+def test_all_four_images_are_in_view_and_uncovered_at_1280_px_and_on_a_phone(page):
+    """Needs the four images of the test above."""
+    for width, height, name in ((1280, 800, "1280"), (390, 844, "phone")):
+        page.set_viewport_size({"width": width, "height": height})
+        images = page.locator("#gallery img")
+        expect(images).to_have_count(4)
+        images.first.scroll_into_view_if_needed()
+        page.locator("#gallery").evaluate("g => g.scrollIntoView({block: 'start'})")
+        boxes = [images.nth(k).bounding_box() for k in range(4)]
+        assert all(in_view(page, b) for b in boxes), (name, boxes, page.viewport_size)
+        assert min(b["width"] for b in boxes) >= 120, (name, boxes)  # 64-px images shown at least ~2x
+        label = page.locator("#gallery label[data-testid='block-label']").bounding_box()
+        assert label["y"] + label["height"] <= min(b["y"] for b in boxes) + 1, (name, label, boxes)
+        screenshot(page, f"generate-four-{name}")
+    page.set_viewport_size({"width": 1400, "height": 1000})
+
+
+def test_an_example_prompt_keeps_the_seed_settings(page):
+    page.get_by_role("tab", name="Generate").click()
+    if not page.locator("#seed").is_visible():
+        page.get_by_text("Advanced settings").click()
+    randomize = page.locator("#randomize-seed input[type=checkbox]")
+    randomize.check()
+    page.locator("#seed input").fill("1234")
+    page.get_by_role("button", name="a photo of a cyan square").click()
+    expect(page.locator("#prompt textarea")).to_have_value("a photo of a cyan square")
+    expect(page.locator("#gallery img")).to_have_count(2)  # its cached images
+    expect(page.locator("#seed input")).to_have_value("1234")
+    expect(randomize).to_be_checked()
+
+
+def test_compare_shows_only_the_upload_it_uses_and_names_each_side(page):
+    page.get_by_role("tab", name="Reconstruct").click()
+    upload(page, "reconstruct-input", EXAMPLE)
+    page.locator("#reconstruct-button").click()
+    expect(page.locator("#reconstruction img")).to_be_visible()
+    page.get_by_role("tab", name="Compare").click()
+    page.locator("#compare-a-source").get_by_text("last reconstructed").click()
+    expect(page.locator("#compare-a")).to_be_hidden()
+    expect(page.locator("#compare-b")).to_be_hidden()  # b's source is "last generated"
+    page.locator("#compare-b-source").get_by_text("upload").click()
+    expect(page.locator("#compare-b")).to_be_visible()
+    upload(page, "compare-b", EXAMPLE)
+    page.locator("#compare-button").click()
+    expect(page.locator("#compare-shown-a")).to_contain_text("a: last reconstructed input")
+    expect(page.locator("#compare-shown-b")).to_contain_text("b: uploaded image")
+    screenshot(page, "compare-sources")
+    page.locator("#compare-b-source").get_by_text("last generated").click()
+    expect(page.locator("#compare-b")).to_be_hidden()
