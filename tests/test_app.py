@@ -87,11 +87,21 @@ def test_reconstruct_returns_images_and_metrics(client, tiny_pipeline):
     assert np.isfinite(psnr) and -1.0 <= ssim <= 1.0
 
 
-def test_chat_returns_text(client):
-    with_image = client.predict(message="what color is the star?", image=handle_file(EXAMPLE), max_new_tokens=8,
-                                api_name="/chat")
+def test_chat_streams_the_models_own_reply(client, tiny_pipeline):
+    """/chat streams the reply as growing text and ends with exactly the pipeline's reply to the same
+    turn (image first, then the text); the image changes what the model is asked."""
+    question = "what color is the star?"
+    job = client.submit(message=question, image=handle_file(EXAMPLE), max_new_tokens=16, api_name="/chat")
+    with_image = job.result()
+    updates = list(dict.fromkeys(u for u in job.outputs() if u))  # each distinct text the chat showed
+    expected = tiny_pipeline.chat_text([{"role": "user", "content": [{"type": "image", "image": EXAMPLE},
+                                                                     {"type": "text", "text": question}]}],
+                                       max_new_tokens=16)
+    assert expected and with_image == expected
+    assert len(updates) >= 2 and all(b.startswith(a) for a, b in zip(updates, updates[1:]))  # it grew
     text_only = client.predict(message="hello", max_new_tokens=4, api_name="/chat")
-    assert isinstance(with_image, str) and isinstance(text_only, str)
+    assert text_only == tiny_pipeline.chat_text([{"role": "user", "content": [{"type": "text", "text": "hello"}]}],
+                                                max_new_tokens=4)
 
 
 def test_noise_probe_and_interpolation(client):

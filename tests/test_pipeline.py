@@ -121,6 +121,42 @@ def test_reconstruct_reports_metrics_and_accepts_many_image_types(tiny_pipeline,
         tiny_pipeline.reconstruct(np.zeros((4, 4, 3), dtype=np.uint8))
 
 
+def _greedy_reply(pipe, messages, max_new_tokens: int) -> str:
+    """Greedy decoding written out step by step, independently of chat()'s streaming."""
+    from hydra_core.config import EOS_TOKEN
+
+    input_ids, mask, _ = pipe._chat_inputs(messages)
+    prefix = pipe.model.prefill(input_ids, mask)
+    tokens = []
+    for _ in range(max_new_tokens):
+        token = int(prefix.last_logits[0].argmax())
+        if token == pipe.tokenizer.convert_tokens_to_ids(EOS_TOKEN):
+            break
+        tokens.append(token)
+        pipe.model.decode_step(torch.tensor([token]), prefix)
+    return pipe.tokenizer.decode(tokens, skip_special_tokens=True)
+
+
+def test_closing_the_chat_stream_stops_generating(tiny_pipeline, monkeypatch):
+    """The app's Stop closes the generator: no token is computed after the piece it stopped at."""
+    steps = []
+    decode_step = tiny_pipeline.model.decode_step
+    monkeypatch.setattr(tiny_pipeline.model, "decode_step", lambda *a: steps.append(1) or decode_step(*a))
+    question = [{"role": "user", "content": "how many circles are there?"}]
+    full = list(tiny_pipeline.chat(question, max_new_tokens=24))
+    full_steps = len(steps)
+    assert len(full) >= 3 and full_steps >= 20  # control: left alone, it runs (almost) to max_new_tokens
+    steps.clear()
+    stream = tiny_pipeline.chat(question, max_new_tokens=24)
+    first = next(stream)
+    stream.close()
+    taken = len(steps)
+    assert first == full[0] and taken < full_steps // 3  # stopped at the first piece, not after the reply
+    with pytest.raises(StopIteration):
+        next(stream)
+    assert len(steps) == taken  # nothing ran after close
+
+
 def test_chat_streams_text_and_uses_the_image(tiny_pipeline):
     from PIL import Image
 
@@ -135,8 +171,10 @@ def test_chat_streams_text_and_uses_the_image(tiny_pipeline):
         return tiny_pipeline.model.prefill(input_ids, mask, latents).last_logits
 
     assert not torch.allclose(ask(red), ask(blue))  # the answer's distribution depends on the image
-    pieces = list(tiny_pipeline.chat([{"role": "user", "content": "how many circles are there?"}], max_new_tokens=5))
-    assert all(isinstance(p, str) for p in pieces)
+    question = [{"role": "user", "content": "how many circles are there?"}]
+    pieces = list(tiny_pipeline.chat(question, max_new_tokens=12))
+    assert len(pieces) >= 2 and all(isinstance(p, str) and p for p in pieces)  # streamed, not one lump
+    assert "".join(pieces) == _greedy_reply(tiny_pipeline, question, 12)  # the text of the model's own tokens
     multi = [{"role": "user", "content": [{"type": "image", "image": red}, {"type": "text", "text": "what color?"}]},
              {"role": "assistant", "content": "red"}, {"role": "user", "content": "how many?"}]
     sampled = tiny_pipeline.chat_text(multi, max_new_tokens=4, temperature=1.0, top_p=0.9, seed=3)
