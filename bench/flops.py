@@ -36,7 +36,7 @@ def tiny_step(pipe, repeats: int) -> tuple[float, list[float]]:
     reused, _, _ = step_functions(pipe, 6)
     for _ in range(3):
         reused()
-    return count_flops(reused), [timed(reused)()["s"] for _ in range(repeats)]
+    return count_flops(reused)[0], [timed(reused)()["s"] for _ in range(repeats)]
 
 
 def rows(peak: list[float], n: int, measured: dict[str, tuple[float, list[float]]]) -> list[dict]:

@@ -42,13 +42,14 @@ def hydra_tok_config(size: int, small: bool = False):
     return dataclasses.replace(_paper_tokenizer(), image_size=size, patch_size=patch)
 
 
-def count_flops(fn) -> float:
+def count_flops(fn) -> tuple[float, object]:
+    """(FLOPs of one call of fn, its result)."""
     from torch.utils.flop_counter import FlopCounterMode
 
     counter = FlopCounterMode(display=False)
     with counter:
-        fn()
-    return float(counter.get_total_flops())
+        result = fn()
+    return float(counter.get_total_flops()), result
 
 
 def run(sizes: tuple[int, ...], repeats: int, small: bool = False, log=print) -> tuple[list[dict], dict]:
@@ -65,18 +66,17 @@ def run(sizes: tuple[int, ...], repeats: int, small: bool = False, log=print) ->
         image = torch.rand(1, 3, size, size, generator=torch.Generator().manual_seed(size)) * 2 - 1
         noise = torch.randn(1, 3, size, size, generator=torch.Generator().manual_seed(1))
         with torch.inference_mode():
-            latent = tok.encode_latent(image)
+            # The warm-up: one call of each, HYDRA-TOK's encode under the FLOP counter. Each call below is
+            # seconds long at the paper's scale, so none is repeated untimed.
+            encode_flops, latent = count_flops(lambda: tok.encode_latent(image))
             vae_latent = vae.encode(image).latent_dist.mode()
-            tok_encode = lambda: tok.encode_latent(image)  # noqa: E731
-            tok_decode = lambda: tok.decode(latent, steps=1, noise=noise)  # noqa: E731
-            vae_encode = lambda: vae.encode(image).latent_dist.mode()  # noqa: E731
-            vae_decode = lambda: vae.decode(vae_latent).sample  # noqa: E731
-            # The first calls above were the warm-up: each call here is seconds long, so none is repeated untimed.
-            enc_a, enc_b = interleave(timed(tok_encode), timed(vae_encode), repeats, warmup=0)
-            dec_a, dec_b = interleave(timed(tok_decode), timed(vae_decode), repeats, warmup=0)
-            flops[size] = {"encode_flops": count_flops(tok_encode), "decode_step_flops": count_flops(tok_decode),
-                           "vae_flops": count_flops(vae_encode) + count_flops(vae_decode),
-                           "encode_s": [s["s"] for s in enc_a]}
+            tok.decode(latent, steps=1, noise=noise)
+            vae.decode(vae_latent)
+            enc_a, enc_b = interleave(timed(lambda: tok.encode_latent(image)),
+                                      timed(lambda: vae.encode(image).latent_dist.mode()), repeats, warmup=0)
+            dec_a, dec_b = interleave(timed(lambda: tok.decode(latent, steps=1, noise=noise)),
+                                      timed(lambda: vae.decode(vae_latent).sample), repeats, warmup=0)
+        flops[size] = {"encode_flops": encode_flops, "encode_s": [x["s"] for x in enc_a]}
         grid = size // cfg.patch_size
         shape = f"{grid}×{grid}×{cfg.latent_channels} vs {vae_latent.shape[2]}×{vae_latent.shape[3]}×16"
         label = f"{size}² (latent {shape})"
