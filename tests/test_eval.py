@@ -89,7 +89,7 @@ def test_prompts_file_and_images_folder(tiny_pipeline, prompts_file, tmp_path):
     results = evaluate(tiny_pipeline, suites=("geneval",), limit=5, steps=2, prompts_file=prompts_file)
     assert set(results) >= {"geneval", "geneval_samples"} and "recon" not in results and "vqa" not in results
     assert results["geneval"]["n"] == 2
-    assert [k for k in results["geneval"] if k not in ("overall", "n", "mismatched")] == ["counting", "colors"]
+    assert [k for k in results["geneval"] if k not in ("overall", "n", "mismatched", "self_check")] == ["counting", "colors"]
     assert results["geneval_samples"][0]["mismatched_prompt"] == CUSTOM_PROMPTS[1]["prompt"]  # two prompts: each judged by the other
     assert [s["prompt"] for s in results["geneval_samples"]] == [m["prompt"] for m in CUSTOM_PROMPTS]
 
