@@ -28,7 +28,8 @@ def test_a_few_steps_of_each_stage_lower_its_loss(builder, stage, monkeypatch, t
     # The same batch and noise at every step, so the loss can only move because the stage learns.
     # Warm-up as at the start of a real run (the learning rate ramps over the first steps).
     cfg = LoopConfig(steps=STEPS, out=tmp_path / stage, warmup=10, log_every=1, save_every=1000)
-    train(Accelerator(cpu=True), plan.modules, plan.groups, lambda step: plan.step_fn(0), cfg, plan.extra_optimizers)
+    train(Accelerator(cpu=True), plan.modules, plan.groups, lambda step: plan.step_fn(0), cfg, plan.extra_optimizers,
+          aux_modules=plan.aux_modules)
     records = [json.loads(line) for line in (tmp_path / stage / "log.jsonl").read_text().splitlines()]
     key = "flow" if stage == "tok2" else "loss"  # tok2's total holds a GAN term that moves with the discriminator
     assert len(records) == STEPS

@@ -6,6 +6,11 @@ stages I-III, then the checkpoint folder.
 Each stage saves its result under --work/<stage>/ and is skipped when that exists, and each
 stage resumes from its last saved state, so the same command continues an interrupted build.
 
+Several processes (GPUs, or CPU processes with --cpu) train one model, each on its share of every
+step's batch; only the main process writes the logs, stage results and the checkpoint:
+
+    accelerate launch --num_processes 2 -m hydra_core.train --work runs/tiny --out assets/hydra-tiny
+
 Continue training a built checkpoint (a new segment, recorded beside the earlier ones in the
 folder's training.json and model card):
 
@@ -27,7 +32,7 @@ from typing import Callable
 
 import numpy as np
 import torch
-from accelerate import Accelerator
+from accelerate import Accelerator, DistributedDataParallelKwargs, PartialState
 from safetensors.torch import load_file, save_model
 from torch import nn
 from transformers import PreTrainedTokenizerFast
@@ -41,7 +46,7 @@ from ..tokenizer.losses import PatchDiscriminator, hinge_d_loss, hinge_g_loss, p
 from ..unified import HydraModel
 from ..viz import PCABasis
 from . import data
-from .loop import LoopConfig, train
+from .loop import LoopConfig, shard, train
 from .stages import STAGES, configure_stage, trains
 
 # Steps per stage at --scale 1.
@@ -68,6 +73,9 @@ class StagePlan:
     step_fn: Callable[[int], dict[str, torch.Tensor]]
     extra_optimizers: list = field(default_factory=list)
     monitor: Callable[[], dict[str, float]] | None = None  # held-out measures for the log
+    # Modules with their own optimizer (the discriminator): prepared on their own by the loop, which
+    # puts the prepared module in this dict; the step reads it from here.
+    aux_modules: dict[str, nn.Module] = field(default_factory=dict)
 
 
 class Teacher(nn.Module):
@@ -87,17 +95,24 @@ class Teacher(nn.Module):
 
 class Builder:
     """init_from: a checkpoint folder to continue (its tokenizer, config, weights and earlier segments);
-    None builds from nothing."""
+    None builds from nothing.
+
+    Under `accelerate launch` every process builds the same model and draws the same batch at each step,
+    of which it trains on its own share (`loop.shard`); the main process alone writes files."""
 
     def __init__(self, work: Path, out: Path, scale: float, seed: int, pool_size: int, init_from: Path | None = None):
         self.work, self.out, self.scale, self.seed, self.init_from = work, out, scale, seed, init_from
-        self.work.mkdir(parents=True, exist_ok=True)
+        self.state = PartialState(cpu=not torch.cuda.is_available())
+        self.device = self.state.device
+        if self.state.is_main_process:
+            self.work.mkdir(parents=True, exist_ok=True)
         self.pool = data.make_pool(pool_size, seed)
         self.pool_latents: torch.Tensor | None = None  # GSB means of the pool, once the tokenizer is trained
         self.earlier_segments: list[dict] = []
         if init_from is not None:
             checkpoint = load_pretrained(init_from)
             self.tokenizer, self.model, self.basis = checkpoint.tokenizer, checkpoint.model.train(), checkpoint.basis
+            self.model.to(self.device)
             self.config = self.model.config
             self.teacher = None
             record = Path(init_from) / SEGMENTS_NAME
@@ -107,8 +122,8 @@ class Builder:
         self.tokenizer = self._text_tokenizer()
         self.config = hconfig.tiny(vocab_size=len(self.tokenizer))
         torch.manual_seed(seed)
-        self.model = HydraModel(self.config)
-        self.teacher = Teacher(self.config.tokenizer)
+        self.model = HydraModel(self.config).to(self.device)
+        self.teacher = Teacher(self.config.tokenizer).to(self.device)
         self.basis: PCABasis | None = None
 
     # ------------------------------------------------------------------ helpers
@@ -117,14 +132,15 @@ class Builder:
 
     def _text_tokenizer(self) -> PreTrainedTokenizerFast:
         path = self.work / "text_tokenizer"
-        if (path / "tokenizer.json").is_file():
-            tok = PreTrainedTokenizerFast.from_pretrained(path)
-            tok.padding_side = "left"
+        with self.state.main_process_first():  # the main process trains and saves it, the others read it
+            if (path / "tokenizer.json").is_file():
+                tok = PreTrainedTokenizerFast.from_pretrained(path)
+                tok.padding_side = "left"
+                return tok
+            corpus = sw.text_corpus(np.random.default_rng(self.seed), 4000) + list(data.DESCRIBE)
+            tok = train_bpe(corpus, vocab_size=1024)
+            tok.save_pretrained(path)
             return tok
-        corpus = sw.text_corpus(np.random.default_rng(self.seed), 4000) + list(data.DESCRIBE)
-        tok = train_bpe(corpus, vocab_size=1024)
-        tok.save_pretrained(path)
-        return tok
 
     def _done(self, stage: str) -> Path:
         return self.work / stage / "done.safetensors"
@@ -132,11 +148,16 @@ class Builder:
     def _run(self, stage: str, plan: "StagePlan") -> None:
         cfg = LoopConfig(steps=self.steps(stage), out=self.work / stage, seed=self.seed,
                          warmup=min(100, self.steps(stage) // 10), monitor_every=MONITOR_EVERY)
-        train(Accelerator(cpu=not torch.cuda.is_available()), plan.modules, plan.groups, plan.step_fn, cfg,
-              plan.extra_optimizers, plan.monitor)
+        # A fresh Accelerator per stage: each one checkpoints only the modules and optimizers it prepared.
+        accelerator = Accelerator(cpu=not torch.cuda.is_available(),
+                                  kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)])
+        train(accelerator, plan.modules, plan.groups, plan.step_fn, cfg, plan.extra_optimizers, plan.monitor,
+              plan.aux_modules)
 
     def _finish(self, stage: str, module: nn.Module) -> None:
-        save_model(module, str(self._done(stage)))
+        if self.state.is_main_process:
+            save_model(module, str(self._done(stage)))
+        self.state.wait_for_everyone()
 
     def _restore(self, stage: str, module: nn.Module) -> bool:
         """Load what a finished stage trained (and only that, so stages compose in order)."""
@@ -149,7 +170,19 @@ class Builder:
         return True
 
     def _generator(self, step: int) -> torch.Generator:
-        return torch.Generator().manual_seed(self.seed * 1_000_003 + step)
+        # Noise (CPU generator, so a seed draws the same on any device) for this process's share: each
+        # process draws its own; one process draws as it always did.
+        return torch.Generator().manual_seed(self.seed * 1_000_003 + step + 7_919 * self.state.process_index)
+
+    def _share(self, batch):
+        """This process's share of a batch every process drew whole, its tensors on this process's device."""
+        batch = shard(self.state, batch)
+        if isinstance(batch, dict):
+            return {k: v.to(self.device) if torch.is_tensor(v) and k != "index" else v for k, v in batch.items()}
+        return batch.to(self.device) if torch.is_tensor(batch) else batch
+
+    def _pixels(self, images: np.ndarray) -> torch.Tensor:
+        return data.to_pixels(images).to(self.device)
 
     # ------------------------------------------------------------------ stages
     def plan_teacher(self) -> StagePlan:
@@ -157,10 +190,10 @@ class Builder:
 
         def step_fn(step):
             rng = data.step_rng(self.seed, step)
-            idx = rng.integers(0, len(self.pool.scenes), BATCH["teacher"])
-            token_logits, count_logits, _ = self.teacher(data.to_pixels(self.pool.images[idx]))
-            labels = data.token_labels(self.pool, idx, patch)
-            counts = torch.tensor([len(self.pool.scenes[i].objects) - 1 for i in idx])
+            idx = self._share(rng.integers(0, len(self.pool.scenes), BATCH["teacher"]))
+            token_logits, count_logits, _ = self.teacher(self._pixels(self.pool.images[idx]))
+            labels = data.token_labels(self.pool, idx, patch).to(self.device)
+            counts = torch.tensor([len(self.pool.scenes[i].objects) - 1 for i in idx], device=self.device)
             token_loss = nn.functional.cross_entropy(token_logits.reshape(-1, token_logits.shape[-1]), labels.reshape(-1))
             count_loss = nn.functional.cross_entropy(count_logits, counts)
             acc = (token_logits.argmax(-1) == labels).float().mean()
@@ -174,7 +207,7 @@ class Builder:
 
         def step_fn(step):
             rng = data.step_rng(self.seed, step)
-            b = data.text_batch(self.tokenizer, self.pool, rng, BATCH["text"])
+            b = self._share(data.text_batch(self.tokenizer, self.pool, rng, BATCH["text"]))
             loss = self.model.ntp_loss(b["input_ids"], b["attention_mask"], b["labels"], None)
             return {"loss": loss}
 
@@ -183,13 +216,13 @@ class Builder:
     def plan_tok1(self) -> StagePlan:
         cfg = self.config.tokenizer
         vision = self.model.vision
-        teacher = self.teacher.vit.eval().requires_grad_(False)
+        teacher = self.teacher.vit.eval().requires_grad_(False).to(self.device)
         perceptual = perceptual_loss(cfg.perceptual)
         groups = configure_stage(self.model, STAGES["tok1"])
 
         def step_fn(step):
             rng = data.step_rng(self.seed, step)
-            pixels = data.to_pixels(data.tokenizer_images(self.pool, rng, BATCH["tok"], PHOTO_FRACTION))
+            pixels = self._pixels(self._share(data.tokenizer_images(self.pool, rng, BATCH["tok"], PHOTO_FRACTION)))
             gen = self._generator(step)
             enc = vision.encode(pixels, sample=True, generator=gen)
             flow, x_hat = vision.decoder_losses(pixels, enc.gsb.latent, generator=gen)
@@ -211,16 +244,17 @@ class Builder:
         vision = self.model.vision
         perceptual = perceptual_loss(cfg.perceptual)
         groups = configure_stage(self.model, STAGES["tok2"])
-        disc = PatchDiscriminator()
-        disc_opt = torch.optim.AdamW(disc.parameters(), lr=2e-4, betas=(0.5, 0.9))
+        aux = {"disc": PatchDiscriminator().to(self.device)}
+        disc_opt = torch.optim.AdamW(aux["disc"].parameters(), lr=2e-4, betas=(0.5, 0.9))
 
         def step_fn(step):
             rng = data.step_rng(self.seed, step)
-            pixels = data.to_pixels(data.tokenizer_images(self.pool, rng, BATCH["tok"], PHOTO_FRACTION))
+            pixels = self._pixels(self._share(data.tokenizer_images(self.pool, rng, BATCH["tok"], PHOTO_FRACTION)))
             gen = self._generator(step)
             with torch.no_grad():
                 latent = vision.encode(pixels, run_sem_vit=False).gsb.mean
             flow, x_hat = vision.decoder_losses(pixels, latent, generator=gen)
+            disc = aux["disc"]  # the prepared one (its gradients averaged across processes)
             # Discriminator step on detached samples, then the decoder's adversarial term.
             disc_opt.zero_grad(set_to_none=True)
             d_loss = hinge_d_loss(disc(pixels), disc(x_hat.detach()))
@@ -232,8 +266,8 @@ class Builder:
             return {"loss": total, "flow": flow.detach(), "perceptual": perc.detach(), "g": g_loss.detach(),
                     "d": d_loss.detach()}
 
-        return StagePlan({"model": self.model, "disc": disc}, groups, step_fn, [(disc_opt, lambda step: None)],
-                         monitor=self.recon_monitor())
+        return StagePlan({"model": self.model}, groups, step_fn, [(disc_opt, lambda step: None)],
+                         monitor=self.recon_monitor(), aux_modules=aux)
 
     def recon_monitor(self) -> Callable[[], dict[str, float]]:
         """PSNR of held-out reconstructions: one decoder step (the decoder's estimate from pure noise)
@@ -251,9 +285,9 @@ class Builder:
         def monitor() -> dict[str, float]:
             out = {}
             for name, images in sets.items():
-                pixels = data.to_pixels(images)
+                pixels = self._pixels(images)
                 latent = vision.encode_latent(pixels)
-                noise = torch.randn(pixels.shape, generator=torch.Generator().manual_seed(0))
+                noise = torch.randn(pixels.shape, generator=torch.Generator().manual_seed(0)).to(self.device)
                 for steps in (1, None):
                     recon = vision.decode(latent, steps=steps, noise=noise)
                     mse = (recon - pixels).pow(2).mean(dim=(1, 2, 3)) / 4  # [-1, 1] -> [0, 1] scale
@@ -280,7 +314,7 @@ class Builder:
     @torch.no_grad()
     def encode_images(self, images: np.ndarray, batch: int = 128) -> torch.Tensor:
         """uint8 [M, S, S, 3] -> GSB means [M, N, C]."""
-        return torch.cat([self.model.vision.encode_latent(data.to_pixels(images[i:i + batch]))
+        return torch.cat([self.model.vision.encode_latent(self._pixels(images[i:i + batch]))
                           for i in range(0, len(images), batch)])
 
     def plan_umm(self, name: str) -> StagePlan:
@@ -299,19 +333,19 @@ class Builder:
             out, total = {}, 0.0
             ntp_terms = []
             if n_und:
-                b = data.understanding_batch(self.tokenizer, self.pool, rng, n_und, n_img, qa_share)
-                ntp_terms.append((n_und, model.ntp_loss(b["input_ids"], b["attention_mask"], b["labels"],
+                b = self._share(data.understanding_batch(self.tokenizer, self.pool, rng, n_und, n_img, qa_share))
+                ntp_terms.append((len(b["index"]), model.ntp_loss(b["input_ids"], b["attention_mask"], b["labels"],
                                                         latents[b["index"]])))
             if n_text:
-                b = data.text_batch(self.tokenizer, self.pool, rng, n_text)
-                ntp_terms.append((n_text, model.ntp_loss(b["input_ids"], b["attention_mask"], b["labels"], None)))
+                b = self._share(data.text_batch(self.tokenizer, self.pool, rng, n_text))
+                ntp_terms.append((len(b["input_ids"]), model.ntp_loss(b["input_ids"], b["attention_mask"], b["labels"], None)))
             if ntp_terms:
                 ntp = sum(n * loss for n, loss in ntp_terms) / sum(n for n, _ in ntp_terms)
                 total = total + self.config.ntp_weight * ntp
                 out["ntp"] = ntp.detach()
             if n_gen:
-                b = data.generation_batch(self.tokenizer, self.pool, rng, n_gen, n_img, self.config.cfg_dropout,
-                                          DENSE_SHARE)
+                b = self._share(data.generation_batch(self.tokenizer, self.pool, rng, n_gen, n_img,
+                                                      self.config.cfg_dropout, DENSE_SHARE))
                 flow = model.flow_loss(b["input_ids"], b["attention_mask"], latents[b["index"]],
                                        generator=self._generator(step))
                 total = total + self.config.flow_weight * flow
@@ -348,9 +382,9 @@ class Builder:
             ids, lab = data.encode_conversation(self.tokenizer, messages, self.config.tokenizer.num_tokens)
             rows.append(ids)
             labels.append(lab)
-        input_ids = data.pad_right(rows, self.tokenizer.pad_token_id)
-        mask = data.pad_right([[1] * len(r) for r in rows], 0)
-        targets = data.pad_right(labels, -100)[:, 1:]
+        input_ids = data.pad_right(rows, self.tokenizer.pad_token_id).to(self.device)
+        mask = data.pad_right([[1] * len(r) for r in rows], 0).to(self.device)
+        targets = data.pad_right(labels, -100)[:, 1:].to(self.device)
         others = latents[torch.tensor(mismatched(list(range(len(items))), len(sw.QTYPES)))]
 
         @torch.no_grad()
@@ -392,12 +426,15 @@ class Builder:
                     self.encode_pool()
             else:
                 self.run_stage(stage)
-            print(f"[build] {stage} finished in {time.perf_counter() - start:.1f} s", flush=True)
+            if self.state.is_main_process:
+                print(f"[build] {stage} finished in {time.perf_counter() - start:.1f} s", flush=True)
             if stage == until:
                 return None
         self.model.requires_grad_(False)
-        # float16 halves the file (the bundled checkpoint must stay under 60 MB); loading upcasts.
-        save_pretrained(self.model, self.tokenizer, self.out, basis=self.basis, dtype=torch.float16)
+        if self.state.is_main_process:
+            # float16 halves the file (the bundled checkpoint must stay under 60 MB); loading upcasts.
+            save_pretrained(self.model, self.tokenizer, self.out, basis=self.basis, dtype=torch.float16)
+        self.state.wait_for_everyone()
         return self.out
 
     def segment(self, command: str) -> dict:
@@ -463,6 +500,6 @@ def main(argv: list[str] | None = None) -> None:
             parser.error(f"--steps takes STAGE=N with STAGE in {sorted(STEPS)}, got {item!r}")
         STEPS[stage] = int(count)
     builder = Builder(args.work, args.out, args.scale, args.seed, args.pool_size, args.init_from)
-    if not builder.build(until=args.until, stages=tuple(args.stages)):
+    if not builder.build(until=args.until, stages=tuple(args.stages)) or not builder.state.is_main_process:
         return
     builder.evaluate_and_describe(args.eval_limit, "python -m hydra_core.train " + " ".join(argv or sys.argv[1:]))
