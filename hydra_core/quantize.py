@@ -10,7 +10,8 @@ layers stay in float32 (precision.KEEP_FP32).
 
 from __future__ import annotations
 
-import warnings
+import logging
+import re
 
 import torch
 from torch import nn
@@ -36,35 +37,51 @@ def bnb_config(precision: str, compute_dtype: torch.dtype) -> BitsAndBytesConfig
                               bnb_4bit_use_double_quant=False, llm_int8_skip_modules=["lm_head"])
 
 
-def _quantized_linear(linear: nn.Linear, config: BitsAndBytesConfig, compute_dtype: torch.dtype) -> nn.Module:
+class _DropCastNotice(logging.Filter):
+    """bitsandbytes logs (logging, not warnings) on every int8 matmul that float32 inputs are cast to
+    float16 (24 lines per encode of the tiny model); that cast is expected here."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("MatMul8bitLt: inputs will be cast")
+
+
+_CAST_FILTER = _DropCastNotice()
+
+
+def _fill(layer: nn.Module, linear: nn.Linear, config: BitsAndBytesConfig, compute_dtype: torch.dtype,
+          device: torch.device) -> None:
+    """Give a bitsandbytes layer (built on the meta device) the float weights of `linear`, quantised as the
+    layer moves to `device`: one layer's weights at a time in half precision, never the float32 model."""
     import bitsandbytes as bnb
 
     weight = linear.weight.data.to(torch.float16 if config.load_in_8bit else compute_dtype)
     if config.load_in_8bit:
-        layer = bnb.nn.Linear8bitLt(linear.in_features, linear.out_features, bias=linear.bias is not None,
-                                    has_fp16_weights=False, threshold=config.llm_int8_threshold)
         layer.weight = bnb.nn.Int8Params(weight, requires_grad=False, has_fp16_weights=False)
     else:
-        layer = bnb.nn.Linear4bit(linear.in_features, linear.out_features, bias=linear.bias is not None,
-                                  compute_dtype=compute_dtype, quant_type=config.bnb_4bit_quant_type)
         layer.weight = bnb.nn.Params4bit(weight, requires_grad=False, quant_type=config.bnb_4bit_quant_type)
     if linear.bias is not None:
         layer.bias = nn.Parameter(linear.bias.data.to(compute_dtype), requires_grad=False)
-    return layer
+    layer.to(device)
 
 
 def quantize(model: nn.Module, precision: str, device: torch.device, compute_dtype: torch.dtype) -> nn.Module:
-    """Replace the quantizable linears by bitsandbytes layers; the weights are quantized when the
-    layers move to `device`."""
+    """Replace the quantizable linears by bitsandbytes layers (transformers' replace_with_bnb_linear, told
+    to leave every other linear alone) and quantise them onto `device`, layer by layer. The rest of the
+    model stays where it is, for the caller to cast and move (precision.place)."""
     try:
         import bitsandbytes  # noqa: F401
     except ImportError as error:
         raise ValueError(f"precision {precision} needs the bitsandbytes package (pip install bitsandbytes)") from error
+    from transformers.integrations.bitsandbytes import replace_with_bnb_linear
+
     config = bnb_config(precision, compute_dtype)
-    # bitsandbytes warns on every int8 matmul that float32 inputs are cast to float16; that is expected.
-    warnings.filterwarnings("ignore", message="MatMul8bitLt: inputs will be cast")
-    for name in quantizable_linears(model):
-        parent_name, _, child = name.rpartition(".")
-        parent = model.get_submodule(parent_name)
-        setattr(parent, child, _quantized_linear(getattr(parent, child), config, compute_dtype))
-    return model.to(device)
+    logging.getLogger("bitsandbytes.autograd._functions").addFilter(_CAST_FILTER)
+    names = quantizable_linears(model)
+    linears = {name: model.get_submodule(name) for name in names}
+    keep = set(names)
+    others = [re.escape(name) for name, module in model.named_modules()
+              if isinstance(module, nn.Linear) and name not in keep]
+    replace_with_bnb_linear(model, modules_to_not_convert=others, quantization_config=config)
+    for name, linear in linears.items():
+        _fill(model.get_submodule(name), linear, config, compute_dtype, device)
+    return model
