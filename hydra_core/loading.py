@@ -59,7 +59,10 @@ def save_pretrained(model: HydraModel, tokenizer: PreTrainedTokenizerFast, direc
 
 
 def resolve_checkpoint(path_or_id: str | Path) -> Path:
-    """A local folder as is; otherwise a Hub id fetched with huggingface_hub (safetensors and text only)."""
+    """A local folder as is; otherwise a Hub id fetched with huggingface_hub (safetensors and text only).
+
+    `owner/name` is a Hub id unless its first part is a local folder: then it is a mistyped local path
+    (e.g. runs/tiny before the build made it) and the error says which folder is missing."""
     path = Path(path_or_id)
     if path.is_file():
         if path.suffix in PICKLE_SUFFIXES:
@@ -68,11 +71,19 @@ def resolve_checkpoint(path_or_id: str | Path) -> Path:
         raise ValueError(f"{path} is a file; pass the checkpoint folder (with {CONFIG_NAME} and {WEIGHTS_NAME})")
     if path.is_dir():
         return path
-    if str(path_or_id).count("/") == 1 and not str(path_or_id).startswith((".", "/")):
-        from huggingface_hub import snapshot_download
+    text = str(path_or_id)
+    looks_local = text.startswith((".", "/", "~")) or text.count("/") != 1 or Path(text.split("/")[0]).is_dir()
+    if looks_local:
+        raise FileNotFoundError(f"checkpoint {text!r} is neither a folder nor a Hub id: the folder {path.resolve()} "
+                                "does not exist (a Hub id is owner/name, with no local folder called owner)")
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import HFValidationError, RepositoryNotFoundError
 
-        return Path(snapshot_download(str(path_or_id), allow_patterns=HUB_PATTERNS))
-    raise FileNotFoundError(f"checkpoint {str(path_or_id)!r} is neither a folder nor a Hub id (owner/name)")
+    try:
+        return Path(snapshot_download(text, allow_patterns=HUB_PATTERNS))
+    except (RepositoryNotFoundError, HFValidationError) as error:
+        raise FileNotFoundError(f"checkpoint {text!r} is neither a local folder (no {path.resolve()}) nor a "
+                                f"Hub repository ({type(error).__name__})") from None
 
 
 def _check_folder(path: Path) -> None:
