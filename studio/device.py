@@ -11,6 +11,7 @@ import spaces
 import torch
 
 PREVIEW_DECODER_STEPS = 2  # decoder steps for previews of clean estimates (cheap on CPU)
+GENERATION_THREAD = "hydra-generation"
 
 
 class GenerationStopped(Exception):
@@ -54,7 +55,7 @@ def device_functions(pipe) -> SimpleNamespace:
 
         # The run happens in a worker so that previews reach the page while it goes on; it keeps the
         # caller's context (Gradio's progress reporting lives in context variables).
-        threading.Thread(target=contextvars.copy_context().run, args=(run,), daemon=True).start()
+        threading.Thread(target=contextvars.copy_context().run, args=(run,), name=GENERATION_THREAD, daemon=True).start()
         try:
             while True:
                 kind, *rest = updates.get()

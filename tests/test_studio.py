@@ -48,7 +48,7 @@ def test_generate_streams_previews_of_the_clean_estimate_before_the_final_images
 
 
 def test_closing_the_stream_stops_the_flow_early(tiny_pipeline, monkeypatch):
-    from studio.device import device_functions
+    from studio.device import GENERATION_THREAD, device_functions
 
     calls = []
     velocity = tiny_pipeline.model.image_velocity
@@ -63,9 +63,9 @@ def test_closing_the_stream_stops_the_flow_early(tiny_pipeline, monkeypatch):
     assert (kind, total) == ("preview", 60)
     stream.close()  # what Gradio does on Stop
     deadline = time.time() + 10
-    while any(t.name != "MainThread" and t.is_alive() and t.daemon for t in threading.enumerate()) \
-            and time.time() < deadline:
+    while any(t.name == GENERATION_THREAD for t in threading.enumerate()) and time.time() < deadline:
         time.sleep(0.05)
+    assert not any(t.name == GENERATION_THREAD for t in threading.enumerate()), "the generation did not end"
     assert len(calls) < 60, f"{len(calls)} of 60 flow steps ran after Stop"
 
 
