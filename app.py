@@ -21,10 +21,8 @@ import argparse
 import logging
 import os
 
-from studio.chat_tab import EMPTY_REPLY, NO_IMAGE_REPLY, history_to_messages, latest_image  # noqa: F401
-from studio.common import MAX_UPLOAD_MB, QUEUE_SIZE, _save_pil_to_cache, launch_kwargs, log  # noqa: F401
-from studio.demo import build_demo, serve_locally  # noqa: F401
-from studio.reconstruct_tab import INTERPOLATION_ALPHAS  # noqa: F401
+from studio.common import launch_kwargs, log
+from studio.demo import build_demo, serve_locally  # noqa: F401  (serve_locally: for tests and bench)
 
 
 # ------------------------------------------------------------------ command line

@@ -424,13 +424,13 @@ class HydraPipeline:
         trajectory: list[dict] = []
 
         def after_step(i: int, t_next: float, z: torch.Tensor, clean: torch.Tensor) -> None:
+            clean = model.denormalize(clean).float() if return_trajectory or on_step is not None else None
             if return_trajectory:
-                trajectory.append({"t": t_next, "latent": model.denormalize(z).float().cpu(),
-                                   "x0": model.denormalize(clean).float().cpu()})
+                trajectory.append({"t": t_next, "latent": model.denormalize(z).float().cpu(), "x0": clean.cpu()})
             if progress is not None:
                 progress(i + 1, steps)
             if on_step is not None:
-                on_step(i + 1, steps, model.denormalize(clean).float())
+                on_step(i + 1, steps, clean)
 
         z0 = sample_flow(velocity, noise, steps, shift=self.config.time_shift, callback=after_step)
         latents = model.denormalize(z0).float()

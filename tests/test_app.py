@@ -27,6 +27,7 @@ from PIL import Image
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
 import app  # noqa: E402  (after the analytics switch)
+from studio import chat_tab, common, reconstruct_tab  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE = ROOT / "assets" / "examples" / "shapes_2.png"
@@ -110,7 +111,7 @@ def test_noise_probe_and_interpolation(client):
     assert Path(decoded).is_file() and Path(pca).is_file() and "σ = 0.50" in info
     strip_gallery, strip = client.predict(image_a=handle_file(EXAMPLE), image_b=handle_file(OTHER_EXAMPLE),
                                           decoder_steps=2, seed=0, api_name="/interpolate")
-    assert [item["caption"] for item in strip_gallery] == [f"α = {a:.2f}" for a in app.INTERPOLATION_ALPHAS]
+    assert [item["caption"] for item in strip_gallery] == [f"α = {a:.2f}" for a in reconstruct_tab.INTERPOLATION_ALPHAS]
     assert Path(strip).is_file()
 
 
@@ -129,17 +130,17 @@ def test_history_to_messages_keeps_text_and_images():
         {"role": "user", "content": [{"type": "file", "file": {"path": "/x/a.png", "mime_type": "image/png"}},
                                      {"type": "text", "text": "what is this?"}]},
         {"role": "assistant", "content": [{"type": "text", "text": "a star"}]},
-        {"role": "assistant", "content": [{"type": "text", "text": app.EMPTY_REPLY}]},
+        {"role": "assistant", "content": [{"type": "text", "text": chat_tab.EMPTY_REPLY}]},
         {"role": "user", "content": "and now?"},
     ]
-    assert app.history_to_messages(history) == [
+    assert chat_tab.history_to_messages(history) == [
         {"role": "user", "content": [{"type": "image", "image": "/x/a.png"},
                                      {"type": "text", "text": "what is this?"}]},
         {"role": "assistant", "content": [{"type": "text", "text": "a star"}]},
         {"role": "user", "content": [{"type": "text", "text": "and now?"}]},
     ]
-    assert app.latest_image(history) == "/x/a.png"
-    assert app.latest_image(history[1:]) is None
+    assert chat_tab.latest_image(history) == "/x/a.png"
+    assert chat_tab.latest_image(history[1:]) is None
 
 
 def test_flags_read_environment_variables(monkeypatch):
@@ -189,7 +190,7 @@ def test_every_corpus_image_gets_an_answer_or_a_named_refusal_on_reconstruct_and
 
 def test_uploads_over_the_limit_are_refused_before_decoding(client, served_app, tmp_path):
     big = tmp_path / "big.png"
-    big.write_bytes(b"\x89PNG" + bytes(app.MAX_UPLOAD_MB * 2**20))
+    big.write_bytes(b"\x89PNG" + bytes(common.MAX_UPLOAD_MB * 2**20))
     with pytest.raises(ValueError, match="exceeds the maximum file size of 20971520 bytes"):  # the client checks
         client.predict(image=handle_file(big), decoder_steps=1, seed=0, api_name="/reconstruct")
     with big.open("rb") as file:  # and the server refuses it too
@@ -197,7 +198,7 @@ def test_uploads_over_the_limit_are_refused_before_decoding(client, served_app, 
     assert response.status_code == 413
     from hydra_core.pipeline import MAX_IMAGE_BYTES
 
-    assert app.MAX_UPLOAD_MB * 2**20 == MAX_IMAGE_BYTES
+    assert common.MAX_UPLOAD_MB * 2**20 == MAX_IMAGE_BYTES
 
 
 @pytest.mark.parametrize("api_name, overrides, message", [
@@ -250,10 +251,10 @@ def test_any_unicode_prompt_and_message_work(client):
 
 def test_a_question_about_an_image_without_one_says_so(client):
     reply = client.predict(message="is there a red circle?", max_new_tokens=8, api_name="/chat")
-    assert reply == app.NO_IMAGE_REPLY
+    assert reply == chat_tab.NO_IMAGE_REPLY
     with_image = client.predict(message="is there a red circle?", image=handle_file(EXAMPLE), max_new_tokens=2,
                                 api_name="/chat")
-    assert with_image != app.NO_IMAGE_REPLY
+    assert with_image != chat_tab.NO_IMAGE_REPLY
 
 
 # ------------------------------------------------------------------ logs, faults, memory, the queue
@@ -311,7 +312,7 @@ def test_a_full_queue_answers_busy_and_the_app_keeps_serving(client, served_app,
 
     monkeypatch.setattr(handlers.device, "reconstruct", slow)
     kwargs = {"image": handle_file(EXAMPLE), "decoder_steps": 1, "seed": 0, "api_name": "/reconstruct"}
-    jobs = [client.submit(**kwargs) for _ in range(app.QUEUE_SIZE + 4)]
+    jobs = [client.submit(**kwargs) for _ in range(common.QUEUE_SIZE + 4)]
     outcomes = []
     for job in jobs:
         try:
@@ -320,7 +321,7 @@ def test_a_full_queue_answers_busy_and_the_app_keeps_serving(client, served_app,
         except QueueError as error:
             assert "Queue is full" in str(error)
             outcomes.append("busy")
-    assert "busy" in outcomes and outcomes.count("ok") >= app.QUEUE_SIZE
+    assert "busy" in outcomes and outcomes.count("ok") >= common.QUEUE_SIZE
     monkeypatch.setattr(handlers.device, "reconstruct", real)
     assert Path(client.predict(**kwargs)[1]).is_file()
 
@@ -330,7 +331,7 @@ def test_identical_outputs_are_not_rewritten_under_a_download(tmp_path):
     cut a concurrent download short. The app's replacement leaves an existing file alone."""
     from gradio import processing_utils
 
-    assert processing_utils.save_pil_to_cache is app._save_pil_to_cache
+    assert processing_utils.save_pil_to_cache is common._save_pil_to_cache
     image = Image.new("RGB", (16, 16), (10, 200, 30))
     first = processing_utils.save_pil_to_cache(image, str(tmp_path), format="png")
     stamp = os.stat(first).st_mtime_ns

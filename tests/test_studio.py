@@ -10,7 +10,7 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
-import requests
+import httpx
 from PIL import Image
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
@@ -119,7 +119,7 @@ def test_mcp_server_lists_the_public_endpoints_as_described_tools(tiny_pipeline)
 
     demo, url = app.serve_locally(tiny_pipeline, mcp_server=True)
     try:
-        schema = requests.get(f"{url}gradio_api/mcp/schema", timeout=30).json()
+        schema = httpx.get(f"{url}gradio_api/mcp/schema", timeout=30).json()
     finally:
         demo.close()
     tools = {tool["name"]: tool for tool in schema}
