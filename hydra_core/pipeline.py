@@ -287,7 +287,7 @@ class HydraPipeline:
         self.name = name
         self.path: Path | None = None  # the checkpoint folder, when loaded from one (its model card, eval.json)
         self.precision = precision
-        self._pending_placement: tuple[str | None, str | None, bool] | None = None
+        self._pending_placement: torch.device | None = None  # where a deferred move goes
         # Counted before any quantization (bitsandbytes packs two 4-bit weights per byte).
         self.num_parameters = sum(p.numel() for p in model.parameters())
 
@@ -295,36 +295,35 @@ class HydraPipeline:
     def from_pretrained(cls, path_or_id: str | Path | None = None, device: str | None = None,
                         precision: str | None = None, defer_placement: bool = False,
                         offload: bool = False) -> "HydraPipeline":
-        """Load a checkpoint folder or Hub id (default: the bundled HYDRA-Tiny) onto a device.
+        """Load a checkpoint folder or Hub id (default: the bundled HYDRA-Tiny) straight into its device and
+        precision (loading.load_pretrained: tensor by tensor, no float32 copy of the model).
 
         offload: stream the LLM's layers from CPU memory (see precision.place).
-        defer_placement: keep the float32 weights on the CPU and move / quantize them at the first
-        model call. On ZeroGPU, CUDA exists only inside `@spaces.GPU` functions, so bitsandbytes
-        loads must happen there (each call runs in a fresh worker, so each call places the model)."""
+        defer_placement: prepare the weights for `device` now (cast, and quantised by bitsandbytes on the
+        CPU) but keep them on the CPU until the first model call, which only moves them (ZeroGPU: CUDA
+        exists only inside `@spaces.GPU` functions). Nothing is quantised again at that call; on ZeroGPU,
+        where each call runs in a fresh worker, each call moves the packed weights."""
         from .loading import load_pretrained
-        from .precision import place
 
-        ckpt = load_pretrained(path_or_id or BUNDLED_CHECKPOINT)
-        name = str(path_or_id or "hydra-tiny (bundled)")
-        if defer_placement:
-            pipe = cls(ckpt.model, ckpt.tokenizer, ckpt.basis, name=name, precision=precision or "auto")
-            pipe.path = ckpt.path
-            pipe._pending_placement = (device, precision, offload)
-            return pipe
-        count = sum(p.numel() for p in ckpt.model.parameters())
-        model, precision = place(ckpt.model, device=device, precision=precision, offload=offload)
-        pipe = cls(model, ckpt.tokenizer, ckpt.basis, name=name, precision=precision)
+        ckpt = load_pretrained(path_or_id or BUNDLED_CHECKPOINT, device=device, precision=precision,
+                               offload=offload, stage_on_cpu=defer_placement)
+        pipe = cls(ckpt.model, ckpt.tokenizer, ckpt.basis, name=str(path_or_id or "hydra-tiny (bundled)"),
+                   precision=ckpt.precision)
         pipe.path = ckpt.path
-        pipe.num_parameters = count
+        pipe.num_parameters = ckpt.num_parameters
+        if defer_placement:
+            from .precision import resolve_device
+
+            pipe._pending_placement = resolve_device(device)
         return pipe
 
     def ensure_placed(self) -> None:
-        """Apply a deferred device / precision placement (a no-op once placed)."""
+        """Apply a deferred move to the device (a no-op once placed). It only moves tensors: the weights
+        were cast and quantised when loaded (precision.move never quantises packed weights again)."""
         if self._pending_placement is not None:
-            from .precision import place
+            from .precision import move
 
-            device, precision, offload = self._pending_placement
-            self.model, self.precision = place(self.model, device=device, precision=precision, offload=offload)
+            self.model = move(self.model, self._pending_placement)
             self._pending_placement = None
 
     # ------------------------------------------------------------------ properties

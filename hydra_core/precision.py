@@ -50,44 +50,74 @@ def check_precision(precision: str, device: torch.device) -> None:
         raise ValueError("this GPU does not support bf16; use fp16")
 
 
+def is_quantized(model: torch.nn.Module) -> bool:
+    return any(type(m).__module__.startswith("bitsandbytes") for m in model.modules())
+
+
+def weight_dtype(name: str, dtype: torch.dtype) -> torch.dtype:
+    """The dtype of the floating tensor `name` (a state-dict key) when the model runs in `dtype`."""
+    return torch.float32 if name.startswith(tuple(m + "." for m in KEEP_FP32)) else dtype
+
+
 def place(model: HydraModel, device: str | torch.device | None = None, precision: str | None = None,
           offload: bool = False) -> tuple[HydraModel, str]:
-    """Move a float32 CPU model to `device` in `precision`; returns the model and the precision used.
+    """Move an already loaded CPU model (float32, e.g. one being trained) to `device` in `precision`; returns
+    the model and the precision used. A checkpoint on disk is better loaded straight into its precision
+    and device with loading.load_pretrained, which never holds a float32 copy.
 
     offload: keep the LLM's decoder layers in CPU memory and stream each to `device` when it runs
     (accelerate's cpu_offload hooks), for GPUs too small for the whole model; fp32/bf16/fp16 only."""
-    device = resolve_device(device)
-    precision = precision or default_precision(device)
-    check_precision(precision, device)
-    if offload and precision not in DTYPES:
-        raise ValueError("offload works with fp32, bf16 or fp16; int8 / nf4 already shrink the weights")
+    device, precision = resolve(device, precision, offload)
     dtype = compute_dtype(precision, device)
     if precision not in DTYPES:
         from .quantize import quantize
 
         model = quantize(model, precision, device, dtype)
-    model = _cast_unquantized(model, dtype)
-    if offload:
-        from accelerate import cpu_offload
-
-        layers = model.llm.model.layers
-        for layer in layers:
-            layer.to("cpu")
-        model.llm.model.layers = torch.nn.ModuleList()  # move everything else, then put the layers back
-        model.to(device)
-        for layer in layers:
-            cpu_offload(layer, execution_device=device)
-        model.llm.model.layers = layers
-    else:
-        model = model.to(device)
     for name in KEEP_FP32:
         model.get_submodule(name).float()
-    return model.eval(), precision
+    model = _cast_unquantized(model, dtype)
+    return move(model, device, offload).eval(), precision
+
+
+def resolve(device: str | torch.device | None, precision: str | None, offload: bool = False) -> tuple[torch.device, str]:
+    """The device and precision to use (defaults filled in), or a ValueError saying why not."""
+    device = resolve_device(device)
+    precision = precision or default_precision(device)
+    check_precision(precision, device)
+    if offload and precision not in DTYPES:
+        raise ValueError("offload works with fp32, bf16 or fp16; int8 / nf4 already shrink the weights")
+    return device, precision
+
+
+def move(model: HydraModel, device: torch.device, offload: bool = False) -> HydraModel:
+    """Move a model whose tensors already have their final dtypes (and, quantised, their packed codes) to
+    `device`; tensors already there stay as they are. offload: see `place`."""
+    if not offload:
+        if is_quantized(model):
+            from .quantize import move_packed
+
+            return move_packed(model, device)
+        return model.to(device)
+    from accelerate import cpu_offload
+
+    layers = model.llm.model.layers
+    for layer in layers:
+        layer.to("cpu")
+    model.llm.model.layers = torch.nn.ModuleList()  # move everything else, then put the layers back
+    model.to(device)
+    for layer in layers:
+        cpu_offload(layer, execution_device=device)
+    model.llm.model.layers = layers
+    return model
 
 
 def _cast_unquantized(model: HydraModel, dtype: torch.dtype) -> HydraModel:
-    """Cast floating parameters and buffers to dtype, leaving bitsandbytes' packed weights alone."""
+    """Cast floating parameters and buffers to dtype, leaving bitsandbytes' packed weights, the rotary
+    frequencies and the KEEP_FP32 modules alone (tensors already in dtype are not copied)."""
+    keep = {id(m) for name in KEEP_FP32 for m in model.get_submodule(name).modules()}
     for module in model.modules():
+        if id(module) in keep:
+            continue
         if type(module).__module__.startswith("bitsandbytes"):
             if getattr(module, "bias", None) is not None:
                 module.bias.data = module.bias.data.to(dtype)

@@ -48,26 +48,10 @@ class _DropCastNotice(logging.Filter):
 _CAST_FILTER = _DropCastNotice()
 
 
-def _fill(layer: nn.Module, linear: nn.Linear, config: BitsAndBytesConfig, compute_dtype: torch.dtype,
-          device: torch.device) -> None:
-    """Give a bitsandbytes layer (built on the meta device) the float weights of `linear`, quantised as the
-    layer moves to `device`: one layer's weights at a time in half precision, never the float32 model."""
-    import bitsandbytes as bnb
-
-    weight = linear.weight.data.to(torch.float16 if config.load_in_8bit else compute_dtype)
-    if config.load_in_8bit:
-        layer.weight = bnb.nn.Int8Params(weight, requires_grad=False, has_fp16_weights=False)
-    else:
-        layer.weight = bnb.nn.Params4bit(weight, requires_grad=False, quant_type=config.bnb_4bit_quant_type)
-    if linear.bias is not None:
-        layer.bias = nn.Parameter(linear.bias.data.to(compute_dtype), requires_grad=False)
-    layer.to(device)
-
-
-def quantize(model: nn.Module, precision: str, device: torch.device, compute_dtype: torch.dtype) -> nn.Module:
-    """Replace the quantizable linears by bitsandbytes layers (transformers' replace_with_bnb_linear, told
-    to leave every other linear alone) and quantise them onto `device`, layer by layer. The rest of the
-    model stays where it is, for the caller to cast and move (precision.place)."""
+def replace_linears(model: nn.Module, precision: str, compute_dtype: torch.dtype) -> tuple[BitsAndBytesConfig, list[str]]:
+    """Swap the quantizable linears for empty bitsandbytes layers (transformers' replace_with_bnb_linear,
+    told to leave every other linear alone); returns the config and the swapped layers' names. Their weights
+    are then given one layer at a time with `fill_weight`, by `quantize` or by the streaming loader."""
     try:
         import bitsandbytes  # noqa: F401
     except ImportError as error:
@@ -77,11 +61,54 @@ def quantize(model: nn.Module, precision: str, device: torch.device, compute_dty
     config = bnb_config(precision, compute_dtype)
     logging.getLogger("bitsandbytes.autograd._functions").addFilter(_CAST_FILTER)
     names = quantizable_linears(model)
-    linears = {name: model.get_submodule(name) for name in names}
     keep = set(names)
     others = [re.escape(name) for name, module in model.named_modules()
               if isinstance(module, nn.Linear) and name not in keep]
     replace_with_bnb_linear(model, modules_to_not_convert=others, quantization_config=config)
+    return config, names
+
+
+def fill_weight(layer: nn.Module, weight: torch.Tensor, config: BitsAndBytesConfig, compute_dtype: torch.dtype,
+                device: torch.device) -> None:
+    """Give a bitsandbytes layer its float weight, quantised as it moves to `device` (bitsandbytes quantises in
+    Params.to). Only this layer's weight exists in half precision (float32 for nf4 on the CPU) meanwhile."""
+    import bitsandbytes as bnb
+
+    weight = weight.to(torch.float16 if config.load_in_8bit else compute_dtype)
+    if config.load_in_8bit:
+        layer.weight = bnb.nn.Int8Params(weight, requires_grad=False, has_fp16_weights=False).to(device)
+    else:
+        layer.weight = bnb.nn.Params4bit(weight, requires_grad=False, quant_type=config.bnb_4bit_quant_type,
+                                         module=layer).to(device)
+
+
+def quantize(model: nn.Module, precision: str, device: torch.device, compute_dtype: torch.dtype) -> nn.Module:
+    """Quantise an already loaded model's linears onto `device`, layer by layer (precision.place; loading a
+    checkpoint quantises straight from the file instead, see loading.load_pretrained). The rest of the model
+    stays where it is, for the caller to cast and move."""
+    linears = {name: model.get_submodule(name) for name in quantizable_linears(model)}
+    config, _ = replace_linears(model, precision, compute_dtype)
     for name, linear in linears.items():
-        _fill(model.get_submodule(name), linear, config, compute_dtype, device)
+        layer = model.get_submodule(name)
+        fill_weight(layer, linear.weight.data, config, compute_dtype, device)
+        if linear.bias is not None:
+            layer.bias = nn.Parameter(linear.bias.data.to(device, compute_dtype), requires_grad=False)
     return model
+
+
+def move_packed(model: nn.Module, device: torch.device) -> nn.Module:
+    """Move a model whose bitsandbytes weights are already quantised; nothing is quantised again
+    (Params4bit.to and Int8Params.to only move packed codes and their statistics once quantised).
+
+    bitsandbytes repacks 4-bit weights into a CPU-only layout at their first forward pass on an AVX-512
+    BF16 CPU; that layout is undone (with bitsandbytes' own inverse) before the weights leave the CPU."""
+    if device.type != "cpu":
+        from bitsandbytes.functional import _convert_weight_packed_for_cpu_inverse
+        from bitsandbytes.nn import Params4bit
+
+        for module in model.modules():
+            weight = getattr(module, "weight", None)
+            if isinstance(weight, Params4bit) and getattr(weight.quant_state, "packing_format_for_cpu", False):
+                weight.data, weight.quant_state = _convert_weight_packed_for_cpu_inverse(weight.data, weight.quant_state)
+                module.quant_state = weight.quant_state
+    return model.to(device)
