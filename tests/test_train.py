@@ -47,3 +47,21 @@ def test_stage_state_is_saved_and_resumed(builder, monkeypatch, tmp_path):
     train(Accelerator(cpu=True), plan.modules, plan.groups, plan.step_fn, cfg)
     steps = [json.loads(line)["step"] for line in (tmp_path / "text" / "log.jsonl").read_text().splitlines()]
     assert steps == [1, 2, 3, 4, 5, 6]
+
+
+def test_a_large_pool_is_the_same_whatever_the_number_of_rendering_processes(monkeypatch):
+    from hydra_core.train import data
+
+    monkeypatch.setattr(data, "POOL_CHUNK", 8)  # pools over 8 scenes render in chunks of 2
+    serial, parallel = data.make_pool(11, seed=5), data.make_pool(11, seed=5, workers=3)
+    assert len(parallel.scenes) == 11
+    assert (serial.images == parallel.images).all() and serial.prompts == parallel.prompts
+    assert not (serial.images[0:2] == serial.images[2:4]).all()  # each chunk draws its own scenes
+
+
+def test_batch_sizes_are_recorded_per_segment_in_the_samples_count():
+    from hydra_core.train.card import _samples_seen
+
+    old = {"stages": {"umm2": {"steps": 100}}}  # a segment from before batch sizes were recorded: 32
+    new = {"stages": {"umm2": {"steps": 100}}, "batch": {"teacher": 32, "text": 64, "tok": 32, "umm": 64}}
+    assert "9,600 unified samples" in _samples_seen([old, new])

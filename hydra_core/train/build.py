@@ -53,6 +53,7 @@ from .stages import STAGES, configure_stage, trains
 STEPS = {"teacher": 200, "text": 200, "tok1": 1000, "tok2": 200, "umm1": 150, "umm2": 2200, "umm3": 1000}
 BUILD_ORDER = ("teacher", "text", "tok1", "tok2", "latents", "umm1", "umm2", "umm3")
 BATCH = {"teacher": 32, "text": 64, "tok": 32, "umm": 32}
+DEFAULT_BATCH = dict(BATCH)  # what a segment that recorded no batch sizes trained with (--batch overrides BATCH)
 PHOTO_FRACTION = 0.3
 # Share of generation targets described by a dense caption (every object's size, colour, shape and
 # place, and the background) instead of a GenEval prompt or a short caption: see the model card's
@@ -100,13 +101,18 @@ class Builder:
     Under `accelerate launch` every process builds the same model and draws the same batch at each step,
     of which it trains on its own share (`loop.shard`); the main process alone writes files."""
 
-    def __init__(self, work: Path, out: Path, scale: float, seed: int, pool_size: int, init_from: Path | None = None):
+    def __init__(self, work: Path, out: Path, scale: float, seed: int, pool_size: int, init_from: Path | None = None,
+                 workers: int = 1, save_every: int = 50):
         self.work, self.out, self.scale, self.seed, self.init_from = work, out, scale, seed, init_from
+        self.save_every = save_every
         self.state = PartialState(cpu=not torch.cuda.is_available())
         self.device = self.state.device
+        if self.device.type == "cuda":
+            torch.backends.cuda.matmul.allow_tf32 = True  # the tiny model's fp32 matmuls; TF32 is ample for training
+            torch.backends.cudnn.allow_tf32 = True
         if self.state.is_main_process:
             self.work.mkdir(parents=True, exist_ok=True)
-        self.pool = data.make_pool(pool_size, seed)
+        self.pool = data.make_pool(pool_size, seed, workers=workers)
         self.pool_latents: torch.Tensor | None = None  # GSB means of the pool, once the tokenizer is trained
         self.earlier_segments: list[dict] = []
         if init_from is not None:
@@ -147,7 +153,8 @@ class Builder:
 
     def _run(self, stage: str, plan: "StagePlan") -> None:
         cfg = LoopConfig(steps=self.steps(stage), out=self.work / stage, seed=self.seed,
-                         warmup=min(100, self.steps(stage) // 10), monitor_every=MONITOR_EVERY)
+                         warmup=min(100, self.steps(stage) // 10), monitor_every=MONITOR_EVERY,
+                         save_every=self.save_every)
         # A fresh Accelerator per stage: each one checkpoints only the modules and optimizers it prepared.
         accelerator = Accelerator(cpu=not torch.cuda.is_available(),
                                   kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)])
@@ -448,7 +455,7 @@ class Builder:
                 "seed": self.seed, "date": time.strftime("%Y-%m-%d"),
                 "machine": f"{os.cpu_count()}-core {platform.machine()} CPU, "
                            + ("GPU " + torch.cuda.get_device_name() if torch.cuda.is_available() else "no GPU"),
-                "stages": read_stage_logs(self.work), **notes}
+                "batch": dict(BATCH), "stages": read_stage_logs(self.work), **notes}
 
     def write_segments(self, command: str) -> list[dict]:
         segments = self.earlier_segments + [self.segment(command)]
@@ -483,8 +490,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--pool-size", type=int, default=6000, help="ShapesWorld scenes rendered for training")
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
-    parser.add_argument("--eval-limit", type=int, default=60, help="samples per evaluation suite for the model card")
+    parser.add_argument("--eval-limit", type=int, default=60,
+                        help="samples per evaluation suite for the model card; 0: write the checkpoint and its "
+                             "training.json only (evaluate and describe it later with --describe)")
     parser.add_argument("--steps", nargs="*", default=[], metavar="STAGE=N", help="override a stage's step count")
+    parser.add_argument("--batch", nargs="*", default=[], metavar="KIND=N",
+                        help=f"override a batch size, KIND in {sorted(BATCH)} (tok: both tokenizer stages, "
+                             "umm: the unified stages)")
+    parser.add_argument("--save-every", type=int, default=50, help="steps between resumable states")
+    parser.add_argument("--workers", type=int, default=1, help="processes rendering the scene pool")
     parser.add_argument("--until", choices=BUILD_ORDER, default=None,
                         help="stop after this stage (no checkpoint); e.g. to run a stage in a second process")
     parser.add_argument("--init-from", type=Path, default=None, metavar="DIR",
@@ -499,7 +513,17 @@ def main(argv: list[str] | None = None) -> None:
         if stage not in STEPS or not count.isdigit():
             parser.error(f"--steps takes STAGE=N with STAGE in {sorted(STEPS)}, got {item!r}")
         STEPS[stage] = int(count)
-    builder = Builder(args.work, args.out, args.scale, args.seed, args.pool_size, args.init_from)
+    for item in args.batch:
+        kind, _, size = item.partition("=")
+        if kind not in BATCH or not size.isdigit():
+            parser.error(f"--batch takes KIND=N with KIND in {sorted(BATCH)}, got {item!r}")
+        BATCH[kind] = int(size)
+    builder = Builder(args.work, args.out, args.scale, args.seed, args.pool_size, args.init_from,
+                      workers=args.workers, save_every=args.save_every)
     if not builder.build(until=args.until, stages=tuple(args.stages)) or not builder.state.is_main_process:
         return
-    builder.evaluate_and_describe(args.eval_limit, "python -m hydra_core.train " + " ".join(argv or sys.argv[1:]))
+    command = "python -m hydra_core.train " + " ".join(argv or sys.argv[1:])
+    if args.eval_limit:
+        builder.evaluate_and_describe(args.eval_limit, command)
+    else:
+        builder.write_segments(command)

@@ -126,7 +126,8 @@ def _segment_lines(number: int, segment: dict) -> list[str]:
     if number > 1 or segment.get("init_from"):
         lines += [f"```bash\n{segment['command']}\n```", ""]
     if segment.get("machine"):
-        lines += [f"Machine: {segment['machine']}.", ""]
+        batch = segment.get("batch")
+        lines += [f"Machine: {segment['machine']}." + (f" Batch sizes: {batch}." if batch else ""), ""]
     lines += ["| stage | what trains | steps | minutes | final losses | held-out, last measured |",
               "|---|---|---:|---:|---|---|"]
     for stage, record in segment["stages"].items():
@@ -143,13 +144,17 @@ def _is_monitor(key: str) -> bool:
 
 
 def _samples_seen(segments: list[dict]) -> str:
-    from .build import BATCH
+    from .build import DEFAULT_BATCH
 
-    def steps(names):
-        return sum(seg["stages"].get(s, {}).get("steps", 0) for seg in segments for s in names)
+    def samples(names, kind):
+        return sum(seg["stages"].get(s, {}).get("steps", 0) * seg.get("batch", DEFAULT_BATCH)[kind]
+                   for seg in segments for s in names)
 
-    tok, umm = steps(("tok1", "tok2")) * BATCH["tok"], steps(("umm1", "umm2", "umm3")) * BATCH["umm"]
-    return f"{tok:,} tokenizer images and {umm:,} unified samples (batch {BATCH['tok']} / {BATCH['umm']})"
+    batches = sorted({(seg.get("batch", DEFAULT_BATCH)["tok"], seg.get("batch", DEFAULT_BATCH)["umm"])
+                      for seg in segments})
+    return (f"{samples(('tok1', 'tok2'), 'tok'):,} tokenizer images and "
+            f"{samples(('umm1', 'umm2', 'umm3'), 'umm'):,} unified samples (batch tokenizer / unified: "
+            + ", ".join(f"{t} / {u}" for t, u in batches) + ")")
 
 
 def write_model_card(out: Path, config: HydraConfig, results: dict, segments: list[dict]) -> Path:

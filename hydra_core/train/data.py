@@ -28,9 +28,15 @@ class ScenePool:
     prompts: list  # GenEval metadata when the scene was drawn for a prompt, else None
 
 
-def make_pool(n: int, seed: int, prompt_fraction: float = 0.5) -> ScenePool:
-    """n scenes: a share drawn for GenEval-style prompts (the generation targets), the rest at random."""
-    rng = np.random.default_rng(seed)
+# A pool of up to POOL_CHUNK scenes is drawn by one generator seeded `seed` (the pools every segment so
+# far trained on); a larger one in chunks of POOL_CHUNK // 4, chunk k drawn by a generator seeded
+# [seed, k], so that it renders in parallel and is the same pool whatever the number of workers.
+POOL_CHUNK = 6000
+
+
+def _render_chunk(args: tuple[int, int | None, int, float]) -> ScenePool:
+    seed, chunk, n, prompt_fraction = args
+    rng = np.random.default_rng(seed if chunk is None else [seed, chunk])
     images, masks, scenes, prompts = [], [], [], []
     for _ in range(n):
         meta = sw.sample_prompt(rng) if rng.random() < prompt_fraction else None
@@ -41,6 +47,25 @@ def make_pool(n: int, seed: int, prompt_fraction: float = 0.5) -> ScenePool:
         scenes.append(scene)
         prompts.append(meta)
     return ScenePool(np.stack(images), np.stack(masks), scenes, prompts)
+
+
+def make_pool(n: int, seed: int, prompt_fraction: float = 0.5, workers: int = 1) -> ScenePool:
+    """n scenes: a share drawn for GenEval-style prompts (the generation targets), the rest at random.
+    workers > 1 renders the chunks in that many processes (the same pool as one process renders)."""
+    if n <= POOL_CHUNK:
+        jobs = [(seed, None, n, prompt_fraction)]
+    else:
+        size = POOL_CHUNK // 4
+        jobs = [(seed, k, min(size, n - start), prompt_fraction) for k, start in enumerate(range(0, n, size))]
+    if workers > 1 and len(jobs) > 1:
+        from concurrent.futures import ProcessPoolExecutor
+
+        with ProcessPoolExecutor(min(workers, len(jobs))) as executor:
+            chunks = list(executor.map(_render_chunk, jobs))
+    else:
+        chunks = [_render_chunk(job) for job in jobs]
+    return ScenePool(np.concatenate([c.images for c in chunks]), np.concatenate([c.masks for c in chunks]),
+                     [s for c in chunks for s in c.scenes], [p for c in chunks for p in c.prompts])
 
 
 def step_rng(seed: int, step: int) -> np.random.Generator:
