@@ -7,6 +7,8 @@ model.safetensors under the prefix `viz.pca.`.
 
 from __future__ import annotations
 
+import ctypes
+import functools
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -143,6 +145,23 @@ def _read_shapes(path: Path) -> dict[str, tuple[int, ...]]:
         return {name: tuple(file.get_slice(name).get_shape()) for name in file.keys()}
 
 
+@functools.cache
+def _malloc_trim():
+    try:
+        return ctypes.CDLL("libc.so.6").malloc_trim  # glibc only
+    except (OSError, AttributeError):
+        return None
+
+
+def _return_freed_memory() -> None:
+    """Hand the heap's freed pages back to the system. Casting and quantising allocate each layer's
+    temporaries between long-lived tensors, and glibc keeps the freed holes otherwise (measured: 1.4 GiB
+    held after loading paper-1.5b in int8 on the CPU)."""
+    trim = _malloc_trim()
+    if trim is not None:
+        trim(0)
+
+
 def _read_tensors(path: Path, names: list[str]) -> Iterator[tuple[str, torch.Tensor]]:
     """The tensors one at a time, as safetensors maps them (CPU, the file's dtype, no copy yet)."""
     names = list(names)
@@ -157,6 +176,7 @@ def _read_tensors(path: Path, names: list[str]) -> Iterator[tuple[str, torch.Ten
                     raise _unreadable(path, error) from None
                 read += tensor.nbytes
                 yield name, tensor
+        _return_freed_memory()
 
 
 def _check_names(model: HydraModel, shapes: dict[str, tuple[int, ...]]) -> None:

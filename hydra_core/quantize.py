@@ -79,7 +79,7 @@ def fill_weight(layer: nn.Module, weight: torch.Tensor, config: BitsAndBytesConf
         layer.weight = bnb.nn.Int8Params(weight, requires_grad=False, has_fp16_weights=False).to(device)
     else:
         layer.weight = bnb.nn.Params4bit(weight, requires_grad=False, quant_type=config.bnb_4bit_quant_type,
-                                         module=layer).to(device)
+                                         compress_statistics=config.bnb_4bit_use_double_quant, module=layer).to(device)
 
 
 def quantize(model: nn.Module, precision: str, device: torch.device, compute_dtype: torch.dtype) -> nn.Module:
@@ -111,4 +111,14 @@ def move_packed(model: nn.Module, device: torch.device) -> nn.Module:
             if isinstance(weight, Params4bit) and getattr(weight.quant_state, "packing_format_for_cpu", False):
                 weight.data, weight.quant_state = _convert_weight_packed_for_cpu_inverse(weight.data, weight.quant_state)
                 module.quant_state = weight.quant_state
-    return model.to(device)
+    model = model.to(device)
+    from bitsandbytes.nn import Int8Params
+
+    for module in model.modules():
+        weight = getattr(module, "weight", None)
+        if isinstance(weight, Int8Params) and weight.CB is not None:
+            # Module.to swaps the parameter's .data, but Int8Params keeps its codes and row scales in
+            # attributes beside it (until the layer's first forward moves them into its state).
+            weight.CB = weight.data
+            weight.SCB = weight.SCB.to(device)
+    return model
