@@ -65,8 +65,8 @@ def main(argv: list[str] | None = None) -> None:
     device = None if args.device == "auto" else args.device
     # Cached example outputs belong to one checkpoint: start each run with an empty cache (lazy refill).
     os.environ.setdefault("GRADIO_RESET_EXAMPLES_CACHE", "True")
-    # ZeroGPU: CUDA exists only inside @spaces.GPU calls, where bitsandbytes must quantize, so the
-    # weights stay on the CPU here and each GPU call places them (see HydraPipeline.ensure_placed).
+    # ZeroGPU: CUDA exists only inside @spaces.GPU calls, so int8 / nf4 weights are quantised here, once, by
+    # bitsandbytes' CPU backend, and each GPU call only moves the packed weights (HydraPipeline.ensure_placed).
     defer = spaces.config.Config.zero_gpu and args.precision in ("int8", "nf4")
     try:
         pipeline = HydraPipeline.from_pretrained(args.checkpoint, device=device, precision=args.precision,

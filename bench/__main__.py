@@ -12,6 +12,9 @@ Sections (each row: two sides in this process, interleaved, medians, the ratio o
                     the FLUX.1 configuration, 256² and 448²: encode, decode, round trip
     prompt KV cache one flow step with the prompt's KV cache reused vs recomputed, prompts of 16/64/256 tokens
     FLOP/s          a tiny generation step and the paper-scale tokenizer encode vs the matmul peak
+    load            (only when named: --sections load) peak host memory of loading a random paper-1.5b
+                    checkpoint (a 4 GiB bf16 file, built in a temporary folder) in each precision, one fresh
+                    process each: bench/load_memory.py, whose own table is printed after the others
 
 Absolute times depend on the machine and on whatever else runs on it (the JSON records the load
 average); the ratios are the claim. `--smoke` runs every row at toy sizes for tests: its numbers mean
@@ -29,6 +32,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 SECTIONS = ("bundled", "tokenizer", "kv", "flops")
+OPTIONAL_SECTIONS = ("load",)  # run only when named
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -37,7 +41,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--quick", action="store_true", help="fewer repeats; the paper-scale tokenizer at 256² only")
     parser.add_argument("--smoke", action="store_true", help="toy sizes and one repeat (for tests; numbers meaningless)")
     parser.add_argument("--json", type=Path, default=None, help="write the rows, every sample and the machine here")
-    parser.add_argument("--sections", nargs="+", choices=SECTIONS, default=list(SECTIONS))
+    parser.add_argument("--sections", nargs="+", choices=SECTIONS + OPTIONAL_SECTIONS, default=list(SECTIONS))
     parser.add_argument("--checkpoint", default=None, help="the model of the bundled-model section (default: bundled)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's, one per core)")
     parser.add_argument("--repeats", type=int, default=None, help="repeats per side (default: 5, --quick 3)")
@@ -106,6 +110,12 @@ def main(argv=None) -> dict:
     if "flops" in args.sections:
         peak += flops.matmul_peak(s["peak_n"], s["peak_tries"])  # again at the end: the best of both
         rows += flops.rows(peak, s["peak_n"], measured_flops)
+    load_memory = None
+    if "load" in args.sections:
+        from . import load_memory as lm
+
+        log("load: peak memory of loading a checkpoint in each precision")
+        load_memory = lm.run(preset="tiny" if args.smoke else "paper-1.5b", device="cpu", log=log)
     info["loadavg_1min_end"] = os.getloadavg()[0]
     table = markdown(rows)
     command = "python -m bench" + {"quick": " --quick", "smoke": " --smoke", "full": ""}[mode]
@@ -113,9 +123,14 @@ def main(argv=None) -> dict:
           f"threads, torch {info['torch']} · load average {info['loadavg_1min']:.1f} at the start, "
           f"{info['loadavg_1min_end']:.1f} at the end · {time.perf_counter() - started:.0f} s\n")
     print(table)
+    if load_memory is not None:
+        print(f"\nload: {load_memory['preset']}, random weights in a bf16 file, peak memory per precision\n")
+        print(lm.markdown(load_memory["rows"]))
     result = {"command": command, "mode": mode, "settings": {k: list(v) if isinstance(v, tuple) else v
                                                              for k, v in s.items()},
               "machine": info, "seconds": time.perf_counter() - started, "rows": rows}
+    if load_memory is not None:
+        result["load_memory"] = load_memory
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(result, indent=2) + "\n")
