@@ -463,17 +463,25 @@ class Builder:
         return segments
 
     def evaluate_and_describe(self, limit: int, command: str) -> dict:
-        """Score the written checkpoint with the evaluation suite and write its model card."""
-        from ..eval.suites import evaluate, format_table
-        from ..pipeline import HydraPipeline
-        from .card import write_model_card
+        """Record this run in the folder's training.json, score the written checkpoint and write its card."""
+        self.write_segments(command)
+        return describe(self.out, limit)
 
-        pipe = HydraPipeline.from_pretrained(self.out, device="cpu", precision="fp32")
-        results = evaluate(pipe, limit=limit, seed=HELDOUT_SEED)
-        results["checkpoint"] = str(self.out)
-        print(format_table(results), flush=True)
-        write_model_card(self.out, self.config, results, self.write_segments(command))
-        return results
+
+def describe(out: Path, limit: int) -> dict:
+    """Score a written checkpoint folder with the evaluation suite (held-out items, HELDOUT_SEED) and write
+    its model card and eval.json from the results and the folder's training.json."""
+    from ..eval.suites import evaluate, format_table
+    from ..pipeline import HydraPipeline
+    from .card import write_model_card
+
+    pipe = HydraPipeline.from_pretrained(out, device="cpu", precision="fp32")
+    results = evaluate(pipe, limit=limit, seed=HELDOUT_SEED)
+    results["checkpoint"] = str(out)
+    print(format_table(results), flush=True)
+    segments = json.loads((Path(out) / SEGMENTS_NAME).read_text())["segments"]
+    write_model_card(Path(out), pipe.config, results, segments)
+    return results
 
 
 def _split(batch: int, ratio: tuple[int, int, int]) -> tuple[int, int, int]:
@@ -505,6 +513,8 @@ def main(argv: list[str] | None = None) -> None:
                         help="continue this checkpoint folder instead of building from nothing (runs --stages)")
     parser.add_argument("--stages", nargs="+", default=["umm3"], choices=[s for s in STEPS if s.startswith("umm")],
                         help="with --init-from: the unified stages to run again, in order")
+    parser.add_argument("--describe", type=Path, default=None, metavar="DIR",
+                        help="only evaluate the checkpoint folder DIR and write its model card (no training)")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -518,6 +528,9 @@ def main(argv: list[str] | None = None) -> None:
         if kind not in BATCH or not size.isdigit():
             parser.error(f"--batch takes KIND=N with KIND in {sorted(BATCH)}, got {item!r}")
         BATCH[kind] = int(size)
+    if args.describe is not None:
+        describe(args.describe, args.eval_limit or 60)
+        return
     builder = Builder(args.work, args.out, args.scale, args.seed, args.pool_size, args.init_from,
                       workers=args.workers, save_every=args.save_every)
     if not builder.build(until=args.until, stages=tuple(args.stages)) or not builder.state.is_main_process:
