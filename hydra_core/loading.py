@@ -34,7 +34,9 @@ HUB_PATTERNS = ["*.json", "*.safetensors", "*.jinja", "*.txt", "*.md"]
 # safe_open memory-maps the file, and the pages read through a map count in this process's resident
 # memory until the map is closed; re-opening the file after every REOPEN_BYTES of tensors read keeps
 # that window small while tensors are cast or quantised (the pages stay in the page cache, not in RSS).
-REOPEN_BYTES = 256 * 2**20
+# Freed heap memory is handed back at each re-open too (_return_freed_memory). paper-1.5b in nf4 on the
+# CPU peaked at 1.10x its weights with 32 MiB, 1.2-1.45x with 256 MiB (bench/load_memory.py).
+REOPEN_BYTES = 32 * 2**20
 
 
 @dataclass
