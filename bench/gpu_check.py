@@ -57,6 +57,9 @@ def sync(device: torch.device) -> None:
 
 
 def timed(fn, device, repeats: int = 1) -> tuple[float, object]:
+    """Mean seconds of `repeats` calls after one untimed call (kernel selection, allocator growth, and the
+    GPU's clocks rising from idle would otherwise land in the first precision's figures)."""
+    fn()
     sync(device)
     start = time.perf_counter()
     for _ in range(repeats):

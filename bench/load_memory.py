@@ -168,7 +168,9 @@ def _child(args) -> None:
 def _run_child(src: Path, what: str, checkpoint: Path, device: str, preset: str, log) -> dict | None:
     command = [sys.executable, str(Path(__file__).resolve()), "--child", what, "--src", str(src),
                "--checkpoint", str(checkpoint), "--device", device, "--preset", preset]
-    env = dict(os.environ, PYTHONPATH=str(src))
+    # The checkout under test first; whatever else the caller's PYTHONPATH held (packages installed with
+    # --target, say) stays reachable after it.
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(src), os.environ.get("PYTHONPATH")])))
     done = subprocess.run(command, capture_output=True, text=True, env=env, cwd=src)
     if done.returncode != 0:
         lines = [line for line in done.stderr.strip().splitlines() if line.strip()]
