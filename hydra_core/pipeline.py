@@ -383,13 +383,18 @@ class HydraPipeline:
     @torch.no_grad()
     def generate(self, prompt: str, num_images: int = 1, steps: int | None = None, guidance: float | None = None,
                  seed: int = 0, decoder_steps: int | None = None, return_trajectory: bool = False,
-                 progress: ProgressFn | None = None, on_step: StepFn | None = None) -> GenerationOutput:
+                 progress: ProgressFn | None = None, on_step: StepFn | None = None,
+                 init_latents: torch.Tensor | None = None, strength: float = 1.0) -> GenerationOutput:
         """Text -> images through the flow head, with classifier-free guidance against the null prompt.
 
         1. Tokenise the prompt and the null prompt; prefill both once (their KV cache serves every step).
         2. Draw each image's noise from its own seed.
         3. Integrate the flow in the normalised latent space; v = v_null + g * (v_cond - v_null).
         4. Denormalise and decode with the pixel flow decoder.
+
+        init_latents [num_images, N, C] (raw GSB latents, e.g. `encode` of images) with strength < 1: start
+        from those latents noised to t = strength instead of from pure noise (diffusers' img2img), for
+        edits and to measure what the generator keeps of a real image at each noise level.
 
         on_step(step, steps, clean) is called after each flow step with the clean estimate [B, N, C]
         (raw latent scale) that step aims at: for live previews; an exception it raises ends the run.
@@ -399,6 +404,11 @@ class HydraPipeline:
         steps = self.config.default_steps if steps is None else steps
         guidance = self.config.default_guidance if guidance is None else guidance
         self.check_generate_inputs(prompt, num_images, steps, guidance, decoder_steps, seed)
+        check_number("strength", strength, 0.0, 1.0)
+        if strength == 0:
+            raise ValueError("strength must be above 0 (0 would return init_latents unchanged)")
+        if strength < 1 and init_latents is None:
+            raise ValueError("strength below 1 needs init_latents to start from")
         model, tok_cfg = self.model, self.config.tokenizer
         seeds = [int(seed) + k for k in range(num_images)]
         generators = [torch.Generator().manual_seed(s) for s in seeds]
@@ -412,6 +422,11 @@ class HydraPipeline:
 
         shape = (tok_cfg.num_tokens, tok_cfg.latent_channels)
         noise = torch.stack([torch.randn(shape, generator=g) for g in generators]).to(self.device)
+        if init_latents is not None:
+            if tuple(init_latents.shape) != (num_images, *shape):
+                raise ValueError(f"init_latents must have shape {(num_images, *shape)}, got {tuple(init_latents.shape)}")
+            clean = model.normalize(init_latents.to(self.device).float())
+            noise = (1 - strength) * clean + strength * noise
         decoder_noise = torch.stack([self._decoder_noise(g) for g in generators])
 
         def velocity(z: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
@@ -431,7 +446,7 @@ class HydraPipeline:
             if on_step is not None:
                 on_step(i + 1, steps, clean)
 
-        z0 = sample_flow(velocity, noise, steps, shift=self.config.time_shift, callback=after_step)
+        z0 = sample_flow(velocity, noise, steps, shift=self.config.time_shift, callback=after_step, start=strength)
         latents = model.denormalize(z0).float()
         images = self.decode(latents, steps=decoder_steps, noise=decoder_noise)
         return GenerationOutput(images=images, latents=latents.cpu(), seeds=seeds, trajectory=trajectory,

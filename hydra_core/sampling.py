@@ -28,13 +28,15 @@ VelocityFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 StepCallback = Callable[[int, float, torch.Tensor, torch.Tensor], None]
 
 
-def make_scheduler(steps: int, shift: float = 1.0) -> FlowMatchEulerDiscreteScheduler:
+def make_scheduler(steps: int, shift: float = 1.0, start: float = 1.0) -> FlowMatchEulerDiscreteScheduler:
     if steps < 1:
         raise ValueError(f"steps must be at least 1, got {steps}")
+    if not 0 < start <= 1:
+        raise ValueError(f"start must be in (0, 1], got {start}")
     scheduler = FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=shift)
-    # Evenly spaced sigmas 1 .. 1/steps, then 0 (as diffusers' SD3 / Flux pipelines pass them); the
-    # default spacing ends at 1/1000 and wastes the last step going from 0.001 to 0.
-    scheduler.set_timesteps(sigmas=np.linspace(1.0, 1.0 / steps, steps))
+    # Evenly spaced sigmas start .. start/steps, then 0 (as diffusers' SD3 / Flux pipelines pass them);
+    # the default spacing ends at 1/1000 and wastes the last step going from 0.001 to 0.
+    scheduler.set_timesteps(sigmas=np.linspace(start, start / steps, steps))
     return scheduler
 
 
@@ -45,17 +47,19 @@ def sample_flow(
     steps: int,
     shift: float = 1.0,
     callback: StepCallback | None = None,
+    start: float = 1.0,
 ) -> torch.Tensor:
-    """Integrate dx/dt = v(x, t) from t = 1 (noise) to t = 0 with Euler steps.
+    """Integrate dx/dt = v(x, t) from t = start (1: pure noise) to t = 0 with Euler steps.
 
     Args:
         velocity_fn: (x_t [B, ...], t [B] in [0, 1]) -> v [B, ...].
-        noise: x at t = 1.
+        noise: x at t = start (at 1: the noise itself; below 1: a clean sample partly noised).
         steps: number of Euler steps.
         shift: the scheduler's timestep shift (1.0 = uniform steps).
         callback: called after each step with (step index, t reached, x, clean estimate x_t - t * v).
+        start: the time the integration starts from (diffusers' img2img `strength`).
     """
-    scheduler = make_scheduler(steps, shift)
+    scheduler = make_scheduler(steps, shift, start)
     x = noise
     for i, timestep in enumerate(scheduler.timesteps):
         sigma = scheduler.sigmas[i].to(x.device)

@@ -237,3 +237,19 @@ def test_unreadable_checkpoint_files_are_named(tiny_checkpoint, tmp_path):
     (not_hydra / "config.json").write_text('{"model_type": "llama", "hidden_size": 4096}')
     with pytest.raises(ValueError, match="config.json does not describe a HYDRA model"):
         load_pretrained(not_hydra)
+
+
+def test_generation_from_a_noised_image_stays_near_it_at_low_strength(tiny_pipeline):
+    """init_latents + strength (img2img): at a low strength the result keeps the start latents (control:
+    the same call from pure noise lands far from them); bad combinations are refused with a reason."""
+    image = (np.arange(64 * 64 * 3) % 251).astype(np.uint8).reshape(64, 64, 3)
+    start = tiny_pipeline.encode(image)  # [1, N, C]
+    near = tiny_pipeline.generate("a red circle", steps=4, guidance=1.0, init_latents=start, strength=0.05).latents
+    far = tiny_pipeline.generate("a red circle", steps=4, guidance=1.0).latents
+    assert (near - start).norm() < 0.25 * (far - start).norm()
+    with pytest.raises(ValueError, match="init_latents"):
+        tiny_pipeline.generate("a red circle", steps=2, strength=0.5)
+    with pytest.raises(ValueError, match="shape"):
+        tiny_pipeline.generate("a red circle", num_images=2, steps=2, init_latents=start, strength=0.5)
+    with pytest.raises(ValueError, match="strength"):
+        tiny_pipeline.generate("a red circle", steps=2, init_latents=start, strength=0.0)

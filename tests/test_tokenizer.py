@@ -129,3 +129,14 @@ def test_flow_sampler_time_convention_and_callback():
     assert torch.allclose(torch.tensor(seen), torch.tensor([0.8, 0.6, 0.4, 0.2, 0.0]))  # evenly spaced
     with pytest.raises(ValueError, match="steps"):
         sample_flow(lambda x, t: x, torch.zeros(1, 1), steps=0)
+
+
+def test_flow_sampler_starts_part_way():
+    """From t = start, a constant velocity v moves x by -start * v; the first step's time is `start`."""
+    times = []
+    out = sample_flow(lambda x, t: times.append(float(t[0])) or torch.ones_like(x), torch.zeros(1, 2), steps=4,
+                      start=0.4)
+    assert torch.allclose(out, torch.full((1, 2), -0.4))
+    assert times == pytest.approx([0.4, 0.3, 0.2, 0.1])
+    with pytest.raises(ValueError, match="start"):
+        sample_flow(lambda x, t: x, torch.zeros(1, 1), steps=2, start=0.0)

@@ -58,7 +58,7 @@ if TYPE_CHECKING:
 SUITES = ("recon", "geneval", "vqa", "conditioning")
 DEFAULT_LIMIT = 60
 EVAL_STREAM = 1_000_003  # second entry of every evaluation seed key
-_STREAMS = {"recon": 1, "geneval": 2, "vqa": 3, "conditioning": 4}  # third entry (non-zero: SeedSequence ignores trailing zeros)
+_STREAMS = {"recon": 1, "geneval": 2, "vqa": 3, "conditioning": 4, "noise_levels": 5}  # third entry (non-zero: SeedSequence ignores trailing zeros)
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 RECON_BATCH = 16
 THUMBNAIL = 8  # side of the input-blind reconstruction baseline
