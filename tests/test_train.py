@@ -65,3 +65,9 @@ def test_batch_sizes_are_recorded_per_segment_in_the_samples_count():
     old = {"stages": {"umm2": {"steps": 100}}}  # a segment from before batch sizes were recorded: 32
     new = {"stages": {"umm2": {"steps": 100}}, "batch": {"teacher": 32, "text": 64, "tok": 32, "umm": 64}}
     assert "9,600 unified samples" in _samples_seen([old, new])
+
+
+def test_flow_time_loc_is_refused_without_a_checkpoint_to_continue(capsys):
+    with pytest.raises(SystemExit):
+        build.main(["--flow-time-loc", "0", "--work", "unused", "--out", "unused"])
+    assert "--init-from" in capsys.readouterr().err
