@@ -143,7 +143,7 @@ class HydraConfig:
     time_shift: float = 1.0
     # The flow head's output ("v" velocity or "x" clean latent) and its training times (as the decoder's).
     flow_prediction: str = "v"
-    flow_time_loc: float = 0.0
+    flow_time_loc: float | list[float] = 0.0  # several: an equal mixture (sampling.sample_logit_normal)
     default_steps: int = 20
     default_guidance: float = 3.0
     text_tokenizer: str = "bpe"  # "bpe" (trained on ShapesWorld) | "qwen" (Qwen2.5's BPE)

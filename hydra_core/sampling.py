@@ -11,6 +11,7 @@ differ only in what the network's last layer has to represent.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Callable
 
 import numpy as np
@@ -72,12 +73,17 @@ def sample_flow(
 
 
 def sample_logit_normal(batch: int, generator: torch.Generator | None = None, device=None,
-                        loc: float = 0.0, scale: float = 1.0) -> torch.Tensor:
+                        loc: float | Sequence[float] = 0.0, scale: float = 1.0) -> torch.Tensor:
     """Training times t ~ sigmoid(N(loc, scale)) (SD3's logit-normal; loc > 0 favours noise), 10% uniform.
+    Several locs: an equal mixture, each time drawn around one of them (e.g. (1.5, 0): noise and detail).
 
     Drawn on the CPU generator, so a seeded run draws the same times on any device."""
-    t = compute_density_for_timestep_sampling("logit_normal", batch, logit_mean=loc, logit_std=scale,
-                                              generator=generator)
+    locs = [float(loc)] if isinstance(loc, (int, float)) else [float(x) for x in loc]
+    t = compute_density_for_timestep_sampling("logit_normal", batch, logit_mean=locs[0] if len(locs) == 1 else 0.0,
+                                              logit_std=scale, generator=generator)
+    if len(locs) > 1:  # each time's normal shifted by its own loc: t = sigmoid(N(0, scale) + loc)
+        pick = torch.randint(len(locs), (batch,), generator=generator)
+        t = torch.sigmoid(torch.logit(t) + torch.tensor(locs)[pick])
     uniform = torch.rand(batch, generator=generator)
     use_uniform = torch.rand(batch, generator=generator) < 0.1
     return torch.where(use_uniform, uniform, t).to(device)

@@ -140,3 +140,21 @@ def test_flow_sampler_starts_part_way():
     assert times == pytest.approx([0.4, 0.3, 0.2, 0.1])
     with pytest.raises(ValueError, match="start"):
         sample_flow(lambda x, t: x, torch.zeros(1, 1), steps=2, start=0.0)
+
+
+def test_training_times_can_mix_two_noise_levels():
+    """flow_time_loc (1.5, 0): noise-biased and centred times in equal parts; a single loc draws as before."""
+    from diffusers.training_utils import compute_density_for_timestep_sampling
+
+    from hydra_core.sampling import sample_logit_normal
+
+    def draw(loc):
+        return sample_logit_normal(20000, torch.Generator().manual_seed(0), loc=loc)
+
+    noisy, centred, mixed = draw(1.5), draw(0.0), draw((1.5, 0.0))
+    assert (mixed < 0.3).float().mean() > 2 * (noisy < 0.3).float().mean()
+    assert (mixed > 0.7).float().mean() > 1.5 * (centred > 0.7).float().mean()
+    expected = compute_density_for_timestep_sampling("logit_normal", 20000, logit_mean=1.5, logit_std=1.0,
+                                                     generator=torch.Generator().manual_seed(0))
+    # The old draw exactly, except the 10% replaced by uniform times.
+    assert 0.85 < (noisy == expected).float().mean() < 0.95

@@ -513,9 +513,10 @@ def main(argv: list[str] | None = None) -> None:
                         help="continue this checkpoint folder instead of building from nothing (runs --stages)")
     parser.add_argument("--stages", nargs="+", default=["umm3"], choices=[s for s in STEPS if s.startswith("umm")],
                         help="with --init-from: the unified stages to run again, in order")
-    parser.add_argument("--flow-time-loc", type=float, default=None, metavar="MU",
+    parser.add_argument("--flow-time-loc", type=float, nargs="+", default=None, metavar="MU",
                         help="with --init-from: train the flow on t = sigmoid(N(MU, 1)) from now on (the "
-                             "checkpoint's config keeps the new value); 0 centres t at 0.5, larger MU means noisier")
+                             "checkpoint's config keeps the new value); 0 centres t at 0.5, larger MU means noisier; "
+                             "several values: an equal mixture")
     parser.add_argument("--describe", type=Path, default=None, metavar="DIR",
                         help="only evaluate the checkpoint folder DIR and write its model card (no training)")
     args = parser.parse_args(argv)
@@ -539,7 +540,8 @@ def main(argv: list[str] | None = None) -> None:
     builder = Builder(args.work, args.out, args.scale, args.seed, args.pool_size, args.init_from,
                       workers=args.workers, save_every=args.save_every)
     if args.flow_time_loc is not None:
-        builder.config.flow_time_loc = args.flow_time_loc  # the model's config: flow_loss reads it, the checkpoint keeps it
+        locs = args.flow_time_loc
+        builder.config.flow_time_loc = locs[0] if len(locs) == 1 else locs  # the model's config: flow_loss reads it, the checkpoint keeps it
     if not builder.build(until=args.until, stages=tuple(args.stages)) or not builder.state.is_main_process:
         return
     command = "python -m hydra_core.train " + " ".join(argv or sys.argv[1:])
