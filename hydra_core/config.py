@@ -140,6 +140,14 @@ class HydraConfig:
     flow_weight: float = 1.0
     latent_mean: float = 0.0
     latent_std: float = 1.0
+    # "global": (x - latent_mean) / latent_std; "pca": whitened along the latents' principal axes, each
+    # scaled to unit variance with a floor of latent_whiten_floor x the largest variance (unified/latent_norm.py).
+    latent_norm: str = "global"
+    latent_whiten_floor: float = 1e-3
+    # A learned 2D position embedding added to every image's LLM input embeddings. Sem-ViT has no positions
+    # of its own (InternViT adds them at the Gen-ViT input), so a noisy latent's tokens reach the LLM
+    # told apart only by the 1D RoPE of their raster order.
+    image_position_embedding: bool = False
     time_shift: float = 1.0
     # The flow head's output ("v" velocity or "x" clean latent) and its training times (as the decoder's).
     flow_prediction: str = "v"

@@ -64,7 +64,9 @@ def save_pretrained(model: HydraModel, tokenizer: PreTrainedTokenizerFast, direc
     if _tied(model.config):
         state.pop("llm.lm_head.weight", None)  # shares storage with the input embeddings
     if dtype is not None:
-        state = {k: v.to(dtype) if v.is_floating_point() else v for k, v in state.items()}
+        from .precision import weight_dtype
+
+        state = {k: v.to(weight_dtype(k, dtype)) if v.is_floating_point() else v for k, v in state.items()}
     if basis is not None:
         state.update({VIZ_PREFIX + k: v for k, v in basis.to_tensors().items()})
     save_file(state, directory / WEIGHTS_NAME, metadata={"format": "pt", "dtype": str(dtype or "as trained")})

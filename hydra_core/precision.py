@@ -13,7 +13,14 @@ PRECISIONS = ("fp32", "bf16", "fp16", "int8", "nf4")
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 # Numerically sensitive modules kept in float32 whatever the precision: the bottleneck whose
 # latents every task shares, and the zero-initialised output layers that produce velocities.
-KEEP_FP32 = ("vision.gsb", "flow_head.final", "vision.decoder.final")
+# The flow space's whitening (models with latent_norm "pca") too: its basis maps every latent in and out.
+KEEP_FP32 = ("vision.gsb", "flow_head.final", "vision.decoder.final", "latent_whitening")
+
+
+def kept_fp32_modules(model: torch.nn.Module) -> list[torch.nn.Module]:
+    """The KEEP_FP32 modules this model has (latent_whitening exists only with latent_norm "pca")."""
+    names = {name for name, _ in model.named_modules()}
+    return [model.get_submodule(name) for name in KEEP_FP32 if name in names]
 
 
 def compute_dtype(precision: str, device: torch.device) -> torch.dtype:
@@ -73,8 +80,8 @@ def place(model: HydraModel, device: str | torch.device | None = None, precision
         from .quantize import quantize
 
         model = quantize(model, precision, device, dtype)
-    for name in KEEP_FP32:
-        model.get_submodule(name).float()
+    for module in kept_fp32_modules(model):
+        module.float()
     model = _cast_unquantized(model, dtype)
     return move(model, device, offload).eval(), precision
 
@@ -114,7 +121,7 @@ def move(model: HydraModel, device: torch.device, offload: bool = False) -> Hydr
 def _cast_unquantized(model: HydraModel, dtype: torch.dtype) -> HydraModel:
     """Cast floating parameters and buffers to dtype, leaving bitsandbytes' packed weights, the rotary
     frequencies and the KEEP_FP32 modules alone (tensors already in dtype are not copied)."""
-    keep = {id(m) for name in KEEP_FP32 for m in model.get_submodule(name).modules()}
+    keep = {id(m) for kept in kept_fp32_modules(model) for m in kept.modules()}
     for module in model.modules():
         if id(module) in keep:
             continue

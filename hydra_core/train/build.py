@@ -44,6 +44,7 @@ from ..text import train_bpe
 from ..tokenizer import build_teacher
 from ..tokenizer.losses import PatchDiscriminator, hinge_d_loss, hinge_g_loss, perceptual_loss
 from ..unified import HydraModel
+from ..unified.latent_norm import LATENT_NORMS
 from ..viz import PCABasis
 from . import data
 from .loop import LoopConfig, shard, train
@@ -61,6 +62,7 @@ PHOTO_FRACTION = 0.3
 DENSE_SHARE = 0.5
 MONITOR_EVERY = 100
 MONITOR_SCENES = 48
+WHITENING_IMAGES = 512  # pool images whose latents fit the flow space's principal axes (latent_norm "pca")
 # Held-out items (monitors and the model card's evaluation) are drawn with this seed whatever the
 # training seed, so every segment of a model is measured on the same items.
 HELDOUT_SEED = 0
@@ -102,8 +104,10 @@ class Builder:
     of which it trains on its own share (`loop.shard`); the main process alone writes files."""
 
     def __init__(self, work: Path, out: Path, scale: float, seed: int, pool_size: int, init_from: Path | None = None,
-                 workers: int = 1, save_every: int = 50):
+                 workers: int = 1, save_every: int = 50, whiten: bool = False, image_positions: bool = False):
         self.work, self.out, self.scale, self.seed, self.init_from = work, out, scale, seed, init_from
+        self.whiten = whiten  # latent_norm "pca": the flow generates in whitened latents (unified/latent_norm.py)
+        self.image_positions = image_positions  # add image position embeddings to a checkpoint without them
         self.save_every = save_every
         self.state = PartialState(cpu=not torch.cuda.is_available())
         self.device = self.state.device
@@ -129,6 +133,8 @@ class Builder:
         self.config = hconfig.tiny(vocab_size=len(self.tokenizer))
         torch.manual_seed(seed)
         self.model = HydraModel(self.config).to(self.device)
+        if image_positions:
+            self.model.add_image_positions()
         self.teacher = Teacher(self.config.tokenizer).to(self.device)
         self.basis: PCABasis | None = None
 
@@ -311,6 +317,8 @@ class Builder:
         self.config.latent_mean = round(float(means.mean()), 5)
         self.config.latent_std = round(float(means.std()), 5)
         self.model.config = self.config
+        if self.whiten:
+            self.model.whiten_latents(means)
         self.encode_pool()
         return PCABasis.fit(means.reshape(-1, means.shape[-1]).cpu().numpy())
 
@@ -429,8 +437,12 @@ class Builder:
             if stage == "latents":
                 if self.init_from is None:
                     self.basis = self.measure_latents()
-                else:  # the checkpoint's normalisation and PCA basis stay as they are
+                else:  # the checkpoint's PCA basis stays; its normalisation too, unless whitening is asked
                     self.encode_pool()
+                    if self.image_positions and not self.config.image_position_embedding:
+                        self.model.add_image_positions()
+                    if self.whiten and self.config.latent_norm != "pca":
+                        self.model.whiten_latents(self.pool_latents[:WHITENING_IMAGES])
             else:
                 self.run_stage(stage)
             if self.state.is_main_process:
@@ -517,6 +529,13 @@ def main(argv: list[str] | None = None) -> None:
                         help="with --init-from: train the flow on t = sigmoid(N(MU, 1)) from now on (the "
                              "checkpoint's config keeps the new value); 0 centres t at 0.5, larger MU means noisier; "
                              "several values: an equal mixture")
+    parser.add_argument("--latent-norm", choices=LATENT_NORMS, default=None,
+                        help="the flow's latent space: 'global' (one mean and std, the paper's) or 'pca' (whitened "
+                             "along the latents' principal axes); with --init-from, 'pca' converts a 'global' "
+                             "checkpoint, re-expressing its flow head's output layer in the new space")
+    parser.add_argument("--image-positions", action="store_true",
+                        help="with --init-from: add learned 2D position embeddings to the image tokens' LLM inputs "
+                             "(started from a small 2D sin-cos table) if the checkpoint has none")
     parser.add_argument("--describe", type=Path, default=None, metavar="DIR",
                         help="only evaluate the checkpoint folder DIR and write its model card (no training)")
     args = parser.parse_args(argv)
@@ -535,10 +554,13 @@ def main(argv: list[str] | None = None) -> None:
     if args.describe is not None:
         describe(args.describe, args.eval_limit or 60)
         return
+    if args.latent_norm == "global" and args.init_from is not None:
+        parser.error("--latent-norm global: a checkpoint keeps its own latent space; only 'pca' converts one")
     if args.flow_time_loc is not None and args.init_from is None:
         parser.error("--flow-time-loc changes a checkpoint's recipe: use it with --init-from")
     builder = Builder(args.work, args.out, args.scale, args.seed, args.pool_size, args.init_from,
-                      workers=args.workers, save_every=args.save_every)
+                      workers=args.workers, save_every=args.save_every, whiten=args.latent_norm == "pca",
+                      image_positions=args.image_positions)
     if args.flow_time_loc is not None:
         locs = args.flow_time_loc
         builder.config.flow_time_loc = locs[0] if len(locs) == 1 else locs  # the model's config: flow_loss reads it, the checkpoint keeps it

@@ -16,7 +16,7 @@ from torch import nn
 # Module-name prefixes of HydraModel for each parameter group.
 GROUPS = {
     "llm": ("llm.",),
-    "sem_vit": ("vision.sem_vit.", "vision.gsb.unproj_und.", "projector."),
+    "sem_vit": ("vision.sem_vit.", "vision.gsb.unproj_und.", "projector.", "image_position"),
     "vision_head": ("flow_head.",),
     "tokenizer": ("vision.",),
     "decoder": ("vision.decoder.",),

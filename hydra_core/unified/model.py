@@ -25,6 +25,7 @@ from ..config import IMG_PAD, HydraConfig
 from ..sampling import flow_matching_loss, sample_logit_normal, to_velocity
 from ..tokenizer import HydraTok
 from .flow_head import FlowHead
+from .latent_norm import LATENT_NORMS, LatentWhitening
 from .masks import build_attention_mask, position_ids_from, to_additive_mask
 
 
@@ -53,6 +54,11 @@ class HydraModel(nn.Module):
         # InternVL-style: LayerNorm then the paper's linear projector.
         self.projector = nn.Sequential(nn.LayerNorm(tok.hidden_size), nn.Linear(tok.hidden_size, width))
         self.flow_head = FlowHead(width, config.flow_head_width, config.flow_head_layers, tok.latent_channels)
+        self.image_position = nn.Parameter(torch.zeros(tok.num_tokens, width)) if config.image_position_embedding else None
+        if config.latent_norm not in LATENT_NORMS:
+            raise ValueError(f"latent_norm must be one of {LATENT_NORMS}, got {config.latent_norm!r}")
+        if config.latent_norm == "pca":
+            self.latent_whitening = LatentWhitening(tok.latent_channels)
 
     # ------------------------------------------------------------------ helpers
     @property
@@ -63,14 +69,49 @@ class HydraModel(nn.Module):
         return self.config.token_ids[token]
 
     def normalize(self, mean: torch.Tensor) -> torch.Tensor:
+        """Raw GSB means [..., C] -> the flow's latent space (config.latent_norm)."""
+        if self.config.latent_norm == "pca":
+            return self.latent_whitening.normalize(mean)
         return (mean - self.config.latent_mean) / self.config.latent_std
 
     def denormalize(self, z: torch.Tensor) -> torch.Tensor:
+        if self.config.latent_norm == "pca":
+            return self.latent_whitening.denormalize(z)
         return z * self.config.latent_std + self.config.latent_mean
+
+    @torch.no_grad()
+    def whiten_latents(self, latents: torch.Tensor) -> None:
+        """Switch the flow's space to "pca", fitted on raw GSB means [..., C], keeping what the flow head
+        has learnt: its output layer is re-expressed so it predicts the same velocity in the new space
+        (v_new = v_old @ M for the linear map M between the two spaces)."""
+        if self.config.flow_prediction != "v":
+            raise ValueError("whiten_latents re-expresses a velocity head; this model predicts the clean latent")
+        channels = self.config.tokenizer.latent_channels
+        eye = torch.eye(channels, device=self.device)
+        before = self.denormalize(eye), self.denormalize(torch.zeros_like(eye))  # old space's unit vectors, raw
+        self.latent_whitening = LatentWhitening(channels).to(self.device)
+        self.latent_whitening.fit(latents, self.config.latent_whiten_floor)
+        self.config.latent_norm = "pca"
+        linear_map = self.normalize(before[0]) - self.normalize(before[1])  # [C_old, C_new]
+        final = self.flow_head.final.linear
+        final.weight.copy_((final.weight.T.float() @ linear_map).T.to(final.weight.dtype))
+        final.bias.copy_((final.bias.float() @ linear_map).to(final.bias.dtype))
 
     def image_embeds(self, latent: torch.Tensor) -> torch.Tensor:
         """GSB-space latent [M, N, C] (raw scale) -> LLM input embeddings [M, N, H]."""
-        return self.projector(self.vision.semantic_features(latent))
+        embeds = self.projector(self.vision.semantic_features(latent))
+        return embeds if self.image_position is None else embeds + self.image_position.to(embeds.dtype)
+
+    @torch.no_grad()
+    def add_image_positions(self, scale: float = 0.1) -> None:
+        """Give a model without them image position embeddings, started at DiT's 2D sin-cos table times
+        `scale` (norm 0.1 x sqrt(H / 2) a token: a small nudge beside image embeddings of norm ~15)."""
+        from diffusers.models.embeddings import get_2d_sincos_pos_embed
+
+        tok, width = self.config.tokenizer, self.llm.config.hidden_size
+        table = get_2d_sincos_pos_embed(width, tok.image_size // tok.patch_size, output_type="pt")  # [N, H]
+        self.image_position = nn.Parameter((scale * table).float().to(self.device))
+        self.config.image_position_embedding = True
 
     def segments(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
         """[B, L] -> segment labels: -1 padding, 0 text, k > 0 for the k-th run of image pads."""
