@@ -41,3 +41,33 @@ def test_a_continuation_trains_only_its_stage_and_the_card_records_every_segment
     trained = {k for k in after if trains(STAGES["umm3"], k)}
     assert changed and changed <= trained, sorted(changed - trained)[:5]
     assert any(k.startswith("llm.") for k in changed) and any(k.startswith("flow_head.") for k in changed)
+
+
+def test_a_continuation_can_whiten_the_flow_space_and_add_image_positions(tiny_checkpoint, tmp_path, monkeypatch):
+    from hydra_core.loading import load_pretrained
+
+    monkeypatch.setattr(build, "STEPS", dict(build.STEPS))
+    monkeypatch.setattr(build, "BATCH", {"teacher": 8, "text": 8, "tok": 4, "umm": 6})
+    monkeypatch.setattr(build, "MONITOR_SCENES", 6)
+    out = tmp_path / "out"
+    build.main(["--init-from", str(tiny_checkpoint), "--stages", "umm2", "--steps", "umm2=3", "--latent-norm", "pca",
+                "--image-positions", "--work", str(tmp_path / "work"), "--out", str(out), "--pool-size", "24",
+                "--eval-limit", "0"])
+    model = load_pretrained(out).model
+    assert model.config.latent_norm == "pca" and model.config.image_position_embedding
+    assert "--latent-norm pca" in json.loads((out / build.SEGMENTS_NAME).read_text())["segments"][-1]["command"]
+    # The pool's latents, whitened: the largest directions at unit variance.
+    pool = build.data.make_pool(24, 0)
+    pixels = torch.tensor(pool.images).permute(0, 3, 1, 2).float() / 127.5 - 1
+    z = model.normalize(model.vision.encode_latent(pixels)).reshape(-1, model.config.tokenizer.latent_channels)
+    top = torch.linalg.eigvalsh(torch.cov(z.T.double())).flip(0)[:3]
+    assert torch.all((top > 0.7) & (top < 1.3)), top
+
+
+def test_a_build_from_nothing_can_whiten_too(tmp_path):
+    builder = build.Builder(tmp_path, tmp_path / "out", scale=1.0, seed=0, pool_size=24, whiten=True,
+                            image_positions=True)
+    builder.measure_latents()
+    assert builder.config.latent_norm == "pca" and builder.model.image_position is not None
+    z = builder.model.normalize(builder.pool_latents).reshape(-1, builder.config.tokenizer.latent_channels)
+    assert torch.linalg.eigvalsh(torch.cov(z.T.double())).max() < 1.3
