@@ -63,11 +63,3 @@ def test_a_continuation_can_whiten_the_flow_space_and_add_image_positions(tiny_c
     top = torch.linalg.eigvalsh(torch.cov(z.T.double())).flip(0)[:3]
     assert torch.all((top > 0.7) & (top < 1.3)), top
 
-
-def test_a_build_from_nothing_can_whiten_too(tmp_path):
-    builder = build.Builder(tmp_path, tmp_path / "out", scale=1.0, seed=0, pool_size=24, whiten=True,
-                            image_positions=True)
-    builder.measure_latents()
-    assert builder.config.latent_norm == "pca" and builder.model.image_position is not None
-    z = builder.model.normalize(builder.pool_latents).reshape(-1, builder.config.tokenizer.latent_channels)
-    assert torch.linalg.eigvalsh(torch.cov(z.T.double())).max() < 1.3

@@ -1,5 +1,6 @@
 """Training: a few steps of every stage lower its loss, through the real training loop."""
 
+import copy
 import json
 
 import pytest
@@ -34,6 +35,17 @@ def test_a_few_steps_of_each_stage_lower_its_loss(builder, stage, monkeypatch, t
     key = "flow" if stage == "tok2" else "loss"  # tok2's total holds a GAN term that moves with the discriminator
     assert len(records) == STEPS
     assert records[-1][key] < records[0][key], [r[key] for r in records]
+
+
+def test_a_build_from_nothing_can_whiten_the_flow_space(builder):
+    whitening = copy.copy(builder)  # the shared builder's model and config stay as they are
+    whitening.model = copy.deepcopy(builder.model)
+    whitening.config = whitening.model.config
+    whitening.whiten = True
+    whitening.measure_latents()
+    assert whitening.config.latent_norm == "pca" and builder.config.latent_norm == "global"
+    z = whitening.model.normalize(whitening.pool_latents).reshape(-1, whitening.config.tokenizer.latent_channels)
+    assert 0.8 < torch.linalg.eigvalsh(torch.cov(z.T.double())).max() < 1.3
 
 
 def test_stage_state_is_saved_and_resumed(builder, monkeypatch, tmp_path):
