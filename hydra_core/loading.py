@@ -63,10 +63,9 @@ def save_pretrained(model: HydraModel, tokenizer: PreTrainedTokenizerFast, direc
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
     if _tied(model.config):
         state.pop("llm.lm_head.weight", None)  # shares storage with the input embeddings
-    if dtype is not None:
-        from .precision import weight_dtype
-
-        state = {k: v.to(weight_dtype(k, dtype)) if v.is_floating_point() else v for k, v in state.items()}
+    if dtype is not None:  # the flow space's whitening stays exact: its basis maps every generated latent
+        state = {k: v.to(dtype) if v.is_floating_point() and not k.startswith("latent_whitening.") else v
+                 for k, v in state.items()}
     if basis is not None:
         state.update({VIZ_PREFIX + k: v for k, v in basis.to_tensors().items()})
     save_file(state, directory / WEIGHTS_NAME, metadata={"format": "pt", "dtype": str(dtype or "as trained")})

@@ -533,6 +533,10 @@ def main(argv: list[str] | None = None) -> None:
                         help="the flow's latent space: 'global' (one mean and std, the paper's) or 'pca' (whitened "
                              "along the latents' principal axes); with --init-from, 'pca' converts a 'global' "
                              "checkpoint, re-expressing its flow head's output layer in the new space")
+    parser.add_argument("--whiten-floor", type=float, default=None, metavar="F",
+                        help="with --latent-norm pca: each principal direction is scaled by sqrt(variance + F x the "
+                             "largest variance) (default 1e-3: every used direction at unit variance; larger F keeps "
+                             "more of the spread, so the large directions still emerge first)")
     parser.add_argument("--image-positions", action="store_true",
                         help="with --init-from: add learned 2D position embeddings to the image tokens' LLM inputs "
                              "(started from a small 2D sin-cos table) if the checkpoint has none")
@@ -561,6 +565,10 @@ def main(argv: list[str] | None = None) -> None:
     builder = Builder(args.work, args.out, args.scale, args.seed, args.pool_size, args.init_from,
                       workers=args.workers, save_every=args.save_every, whiten=args.latent_norm == "pca",
                       image_positions=args.image_positions)
+    if args.whiten_floor is not None:
+        if args.latent_norm != "pca" or args.whiten_floor < 0:
+            parser.error("--whiten-floor takes a number >= 0 and goes with --latent-norm pca")
+        builder.config.latent_whiten_floor = args.whiten_floor
     if args.flow_time_loc is not None:
         locs = args.flow_time_loc
         builder.config.flow_time_loc = locs[0] if len(locs) == 1 else locs  # the model's config: flow_loss reads it, the checkpoint keeps it
