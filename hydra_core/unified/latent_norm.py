@@ -26,7 +26,6 @@ LATENT_NORMS = ("global", "pca")
 class LatentWhitening(nn.Module):
     def __init__(self, channels: int):
         super().__init__()
-        self.channels = channels
         # Filled by fit() or from the checkpoint.
         self.register_buffer("center", torch.zeros(channels))
         self.register_buffer("basis", torch.eye(channels))  # [C, C], columns = principal axes
