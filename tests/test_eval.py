@@ -16,7 +16,7 @@ from PIL import Image
 
 from hydra_core.data import shapesworld as sw
 from hydra_core.eval import evaluate, format_table, score_geneval
-from hydra_core.eval.suites import accuracy_by, normalize_answer, read_prompts, vqa_items
+from hydra_core.eval.suites import accuracy_by, normalize_answer, read_prompts, swap_shapes, vqa_items
 
 REPO = Path(__file__).resolve().parent.parent
 CUSTOM_PROMPTS = [
@@ -74,7 +74,8 @@ def test_evaluate_all_suites(tiny_pipeline):
     # Every score carries its input-blind control.
     for source in ("shapesworld", "photos"):
         assert results["recon"][source]["thumbnail_psnr"] > 10
-    _check_accuracies(results["geneval"]["mismatched"] | {"n": 6}, sw.TAGS, 6)
+    for control in ("mismatched", "shape_swapped"):
+        _check_accuracies(results["geneval"][control] | {"n": 6}, sw.TAGS, 6)
     for control in ("other_image", "blank_image", "majority"):
         _check_accuracies(results["vqa"][control] | {"n": 6}, sw.QTYPES, 6)
     assert {"reply", "other_reply", "blank_reply"} <= set(results["vqa_samples"][0])
@@ -89,7 +90,7 @@ def test_prompts_file_and_images_folder(tiny_pipeline, prompts_file, tmp_path):
     results = evaluate(tiny_pipeline, suites=("geneval",), limit=5, steps=2, prompts_file=prompts_file)
     assert set(results) >= {"geneval", "geneval_samples"} and "recon" not in results and "vqa" not in results
     assert results["geneval"]["n"] == 2
-    assert [k for k in results["geneval"] if k not in ("overall", "n", "mismatched", "self_check")] == ["counting", "colors"]
+    assert [k for k in results["geneval"] if k not in ("overall", "n", "mismatched", "shape_swapped", "self_check")] == ["counting", "colors"]
     assert results["geneval_samples"][0]["mismatched_prompt"] == CUSTOM_PROMPTS[1]["prompt"]  # two prompts: each judged by the other
     assert [s["prompt"] for s in results["geneval_samples"]] == [m["prompt"] for m in CUSTOM_PROMPTS]
 
@@ -135,6 +136,11 @@ def test_geneval_scorer_is_not_trivial():
     assert summary["n"] == 30 and summary["overall"] >= 0.95, [s for s in samples if not s["correct"]]
     # The control judges each image against another prompt of its tag: perfect images score far less.
     assert summary["mismatched"]["overall"] <= summary["overall"] - 0.5, summary["mismatched"]
+    assert summary["shape_swapped"]["overall"] <= summary["overall"] - 0.5, summary["shape_swapped"]
+    # Right colours, counts and places but other shapes: the prompts fail, the shape-swapped control passes.
+    wrong_shapes = [sw.render(sw.scene_for_prompt(swap_shapes(m), rng)) for m in metas]
+    summary = score_geneval(wrong_shapes, metas)[0]
+    assert summary["overall"] <= 0.1 and summary["shape_swapped"]["overall"] >= 0.95, summary
     blank = [np.full((64, 64, 3), 255, np.uint8)] * len(metas)
     assert score_geneval(blank, metas)[0]["overall"] <= 0.05
 
@@ -165,5 +171,6 @@ def test_about_model_shows_each_score_beside_its_control(tiny_pipeline, tmp_path
     assert f"thumbnail {results['recon']['shapesworld']['thumbnail_psnr']:.3f}" in shapes_row
     overall_row = next(line for line in text.splitlines() if line.startswith("| GenEval overall"))
     assert f"mismatched prompt {results['geneval']['mismatched']['overall']:.3f}" in overall_row
+    assert f"other shapes {results['geneval']['shape_swapped']['overall']:.3f}" in overall_row
     assert "blank" in next(line for line in text.splitlines() if line.startswith("| VQA overall"))
     assert "shuffled prompts" in text

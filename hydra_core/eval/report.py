@@ -27,7 +27,8 @@ def evaluation_rows(results: dict) -> list[tuple[str, tuple, str]]:
         rows.append((f"recon SSIM, {name}", ("recon", source, "ssim"), ""))
     for tag in ("single_object", "two_object", "counting", "colors", "position", "color_attr", "overall"):
         rows.append((f"GenEval {tag}", ("geneval", tag),
-                     f"mismatched prompt {fmt(get(results, ('geneval', 'mismatched', tag)))}"))
+                     f"mismatched prompt {fmt(get(results, ('geneval', 'mismatched', tag)))} / "
+                     f"other shapes {fmt(get(results, ('geneval', 'shape_swapped', tag)))}"))
     for q in ("count", "color", "shape", "exist", "relation", "overall"):
         control = " / ".join(f"{label} {fmt(get(results, ('vqa', key, q)))}" for key, label in
                              (("other_image", "other image"), ("blank_image", "blank"), ("majority", "majority")))

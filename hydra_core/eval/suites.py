@@ -15,16 +15,19 @@
 
 Every score comes with its input-blind control, so a score equal to its control reads as chance:
 recon beside an 8x8 thumbnail enlarged again (bicubic); geneval beside the same images judged
-against another prompt's metadata of the same tag ("mismatched"); vqa beside the same questions
+against another prompt's metadata of the same tag ("mismatched") and against its own metadata with
+every shape replaced by the next one ("shape_swapped": the images' colours, counts and places stay
+right, so a model that draws the right colours as shapeless blobs scores the same here as on its own
+prompts); vqa beside the same questions
 asked about another scene's image and about a blank image, and beside answering each question type
 with its most common answer ("majority").
 
 Result (also the CLI's JSON): {"checkpoint", "seed", "limit", "steps",
   "recon": {"shapesworld" | "photos" | "images": {"psnr", "ssim", "n", "thumbnail_psnr"[, "skipped"]}},
-  "geneval": {<tag>: acc for the tags present, "overall", "n", "mismatched": {<tag>..., "overall"},
+  "geneval": {<tag>: acc for the tags present, "overall", "n", "mismatched" | "shape_swapped": {<tag>..., "overall"},
               "self_check": {"agreement_with_oracle", "says_agrees", "majority", "n"}},
-  "geneval_samples": [{prompt, tag, correct, reason, mismatched_prompt, mismatched_correct, self_check,
-                       self_check_answers: [[question, expected, answer]]}],
+  "geneval_samples": [{prompt, tag, correct, reason, mismatched_prompt, mismatched_correct, shape_swapped_correct,
+                       self_check, self_check_answers: [[question, expected, answer]]}],
   "vqa": {<qtype>: acc for the types present, "overall", "n",
           "other_image" | "blank_image" | "majority": {<qtype>..., "overall"}},
   "vqa_samples": [{question, answer, qtype, reply, correct, other_reply, blank_reply}],
@@ -171,20 +174,34 @@ def mismatched(items: list, group: int) -> list:
     return [items[(i + shift) % n] for i in range(n)] if n > 1 else list(items)
 
 
+def swap_shapes(meta: dict[str, Any]) -> dict[str, Any]:
+    """The prompt metadata with every shape class replaced by the next in sw.SHAPES (a permutation, so
+    distinct shapes stay distinct); colours, counts and relations unchanged."""
+    def swapped(req: dict[str, Any]) -> dict[str, Any]:
+        if req["class"] not in sw.SHAPES:
+            return req
+        return {**req, "class": sw.SHAPES[(sw.SHAPES.index(req["class"]) + 1) % len(sw.SHAPES)]}
+    return {**meta, **{key: [swapped(r) for r in meta[key]] for key in ("include", "exclude") if key in meta}}
+
+
 def score_geneval(images: Iterable, metas: list[dict[str, Any]]) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """Judge images against their prompts with the oracle: (summary, per-prompt samples). The summary's
-    "mismatched" block judges the same images against other prompts' metadata: the chance level."""
+    "mismatched" block judges the same images against other prompts' metadata: the chance level; its
+    "shape_swapped" block against their own metadata with other shapes: the chance level of shape alone."""
     images, samples = list(images), []
     for image, meta, other in zip(images, metas, mismatched(metas, len(sw.TAGS))):
         correct, reason = sw.evaluate_prompt(np.asarray(image), meta)
         control, _ = sw.evaluate_prompt(np.asarray(image), other)
+        shape_control, _ = sw.evaluate_prompt(np.asarray(image), swap_shapes(meta))
         samples.append({"prompt": meta["prompt"], "tag": meta.get("tag", "custom"), "correct": bool(correct),
-                        "reason": reason, "mismatched_prompt": other["prompt"], "mismatched_correct": bool(control)})
+                        "reason": reason, "mismatched_prompt": other["prompt"], "mismatched_correct": bool(control),
+                        "shape_swapped_correct": bool(shape_control)})
     tags = [s["tag"] for s in samples]
     per_tag = accuracy_by(tags, [s["correct"] for s in samples], sw.TAGS)
-    control = accuracy_by(tags, [s["mismatched_correct"] for s in samples], sw.TAGS)
+    controls = {name: accuracy_by(tags, [s[f"{name}_correct"] for s in samples], sw.TAGS)
+                for name in ("mismatched", "shape_swapped")}
     return {**per_tag, "overall": _mean(per_tag.values()), "n": len(samples),
-            "mismatched": {**control, "overall": _mean(control.values())}}, samples
+            **{name: {**c, "overall": _mean(c.values())} for name, c in controls.items()}}, samples
 
 
 def run_geneval(pipe: "HydraPipeline", limit: int, seed: int, steps: int | None = None,
@@ -350,7 +367,7 @@ def _fmt(value: Any) -> str:
     return "-" if value is None else f"{value:.3f}" if isinstance(value, float) else str(value)
 
 
-CONTROLS = {"geneval": ("mismatched",), "vqa": ("other_image", "blank_image", "majority")}
+CONTROLS = {"geneval": ("mismatched", "shape_swapped"), "vqa": ("other_image", "blank_image", "majority")}
 
 
 def format_table(results: dict[str, Any]) -> str:
