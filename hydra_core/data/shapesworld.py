@@ -632,8 +632,13 @@ def detect_objects(image: np.ndarray) -> list[Detection]:
 
 def evaluate_prompt(image: np.ndarray, meta: dict[str, Any]) -> tuple[bool, str]:
     """GenEval-style check of an image against prompt metadata: (correct, reason)."""
+    return evaluate_prompts(image, [meta])[0]
+
+
+def evaluate_prompts(image: np.ndarray, metas: list[dict[str, Any]]) -> list[tuple[bool, str]]:
+    """The same check against several prompts' metadata (a prompt and its controls), detecting once."""
     objs = [(d.shape, d.color, d.cx, d.cy) for d in detect_objects(image)]
-    return _check(objs, meta)
+    return [_check(objs, meta) for meta in metas]
 
 
 # --------------------------------------------------------------------------- corpus

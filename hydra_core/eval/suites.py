@@ -190,9 +190,8 @@ def score_geneval(images: Iterable, metas: list[dict[str, Any]]) -> tuple[dict[s
     "shape_swapped" block against their own metadata with other shapes: the chance level of shape alone."""
     images, samples = list(images), []
     for image, meta, other in zip(images, metas, mismatched(metas, len(sw.TAGS))):
-        correct, reason = sw.evaluate_prompt(np.asarray(image), meta)
-        control, _ = sw.evaluate_prompt(np.asarray(image), other)
-        shape_control, _ = sw.evaluate_prompt(np.asarray(image), swap_shapes(meta))
+        (correct, reason), (control, _), (shape_control, _) = sw.evaluate_prompts(
+            np.asarray(image), [meta, other, swap_shapes(meta)])
         samples.append({"prompt": meta["prompt"], "tag": meta.get("tag", "custom"), "correct": bool(correct),
                         "reason": reason, "mismatched_prompt": other["prompt"], "mismatched_correct": bool(control),
                         "shape_swapped_correct": bool(shape_control)})
