@@ -78,6 +78,12 @@ class HydraTokConfig:
     # Semantic self-distillation: 1-based block indices (over all num_hidden_layers blocks, so both
     # halves) whose outputs are pulled towards the frozen teacher's same-index blocks.
     distill_layers: tuple[int, ...] = (2, 4, 6, 8)
+    # Noise on Sem-ViT's input while the tokenizer trains (not the paper's): Sem-ViT reads the GSB mean
+    # noised as the unified flow noises it, z_t = (1 - t) z + t eps in the batch-standardised latent
+    # space, t ~ U(0, semantic_noise); 0 keeps it clean. What the teacher's features need (colour and
+    # shape) must then survive noise, so the encoder puts it in the latent's large directions, the ones
+    # a flow forms first, at the noise levels where the prompt decides the image.
+    semantic_noise: float = 0.0
     # Loss weights (paper defaults). The GAN weight is used in the decoder-refinement stage only.
     kl_weight: float = 1e-4
     cos_weight: float = 1.0

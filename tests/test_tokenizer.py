@@ -75,6 +75,33 @@ def test_training_losses_are_finite_and_have_gradients(tok, tok_config):
     tok.zero_grad(set_to_none=True)
 
 
+def test_semantic_noise_feeds_sem_vit_a_noised_latent_and_leaves_the_latent_clean(tok):
+    pixels = torch.rand(2, 3, 32, 32) * 2 - 1
+    clean = tok.encode(pixels)
+    noised = tok.encode(pixels, semantic_noise=0.7, generator=torch.Generator().manual_seed(0))
+    again = tok.encode(pixels, semantic_noise=0.7, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(noised.gsb.mean, clean.gsb.mean) and torch.equal(noised.gsb.h_bn, clean.gsb.h_bn)
+    assert not torch.allclose(noised.semantic, clean.semantic, atol=1e-3)
+    assert torch.equal(noised.semantic, again.semantic)  # the generator draws t and the noise
+
+
+def test_noise_latent_drowns_small_directions_first():
+    """t = 0 keeps the latent; t = 1 is pure noise at the batch's mean and std; in between, a direction
+    with a large share of the variance keeps more of its signal than a small one."""
+    from hydra_core.tokenizer.model import noise_latent
+
+    torch.manual_seed(0)
+    mean = torch.randn(256, 4, 2) * torch.tensor([3.0, 0.3]) + 1.0  # channel 0 large, channel 1 small
+    generator = lambda: torch.Generator().manual_seed(1)
+    assert torch.allclose(noise_latent(mean, torch.zeros(256), generator()), mean, atol=1e-5)
+    pure = noise_latent(mean, torch.ones(256), generator())
+    assert pure.mean().item() == pytest.approx(mean.mean().item(), abs=0.05)
+    assert pure.std().item() == pytest.approx(mean.std().item(), rel=0.05)
+    half = noise_latent(mean, torch.full((256,), 0.5), generator())
+    kept = [torch.corrcoef(torch.stack([mean[..., c].flatten(), half[..., c].flatten()]))[0, 1] for c in (0, 1)]
+    assert kept[0] > 0.75 and kept[1] < 0.3, kept  # 0.82 and 0.14 in theory
+
+
 def test_distillation_is_zero_against_itself(tok, tok_config):
     """With the student's own hidden states as teacher, 1 - cos is 0 at every distilled layer."""
     pixels = torch.rand(1, 3, 32, 32)

@@ -21,9 +21,15 @@ def builder(tmp_path_factory):
     return builder
 
 
-@pytest.mark.parametrize("stage", ["teacher", "text", "tok1", "tok2", "umm1", "umm2", "umm3"])
+@pytest.mark.parametrize("stage", ["teacher", "teacher-balanced", "text", "tok1", "tok1-semantic-noise", "tok2",
+                                   "umm1", "umm2", "umm3"])
 def test_a_few_steps_of_each_stage_lower_its_loss(builder, stage, monkeypatch, tmp_path):
     monkeypatch.setattr(build, "BATCH", {"teacher": 16, "text": 16, "tok": 8, "umm": 12})
+    if stage == "teacher-balanced":
+        monkeypatch.setattr(builder, "teacher_loss", "balanced")
+    if stage == "tok1-semantic-noise":
+        monkeypatch.setattr(builder.config.tokenizer, "semantic_noise", 0.7)
+    stage = stage.split("-")[0]
     plan = builder.plan(stage)
     torch.manual_seed(0)
     # The same batch and noise at every step, so the loss can only move because the stage learns.
@@ -46,6 +52,26 @@ def test_a_build_from_nothing_can_whiten_the_flow_space(builder):
     assert whitening.config.latent_norm == "pca" and builder.config.latent_norm == "global"
     z = whitening.model.normalize(whitening.pool_latents).reshape(-1, whitening.config.tokenizer.latent_channels)
     assert 0.8 < torch.linalg.eigvalsh(torch.cov(z.T.double())).max() < 1.3
+
+
+def test_token_accuracy_scores_colour_and_shape_apart():
+    from hydra_core.train import data
+
+    n_colours = len(data.COLOR_NAMES)
+    labels = torch.tensor([[0, 1, 2, 1 + n_colours]])  # background, shape 0 colour 0, shape 0 colour 1, shape 1 colour 0
+    assert build._token_accuracy(labels, labels, "x") == {"x_colour": 1.0, "x_shape": 1.0}
+    other_shape = torch.tensor([[0, 1 + n_colours, 2 + n_colours, 1]])
+    assert build._token_accuracy(other_shape, labels, "x") == {"x_colour": 1.0, "x_shape": 0.0}
+    background = torch.zeros_like(labels)  # an object token called background is wrong on both counts
+    assert build._token_accuracy(background, labels, "x") == {"x_colour": 0.0, "x_shape": 0.0}
+
+
+def test_the_tokenizer_monitors_read_the_teacher_and_noised_latents(builder):
+    teacher = builder.teacher_monitor()()
+    semantic = builder.semantic_monitor()()
+    assert set(teacher) == {"teacher_colour", "teacher_shape"}
+    assert set(semantic) == {f"sem_t{t}_{part}" for t in ("0", "0.3", "0.6") for part in ("colour", "shape")}
+    assert all(0 <= v <= 1 for v in (teacher | semantic).values())
 
 
 def test_stage_state_is_saved_and_resumed(builder, monkeypatch, tmp_path):
@@ -77,6 +103,13 @@ def test_batch_sizes_are_recorded_per_segment_in_the_samples_count():
     old = {"stages": {"umm2": {"steps": 100}}}  # a segment from before batch sizes were recorded: 32
     new = {"stages": {"umm2": {"steps": 100}}, "batch": {"teacher": 32, "text": 64, "tok": 32, "umm": 64}}
     assert "9,600 unified samples" in _samples_seen([old, new])
+
+
+@pytest.mark.parametrize("option", [["--semantic-noise", "0.5"], ["--teacher-loss", "balanced"]])
+def test_tokenizer_options_are_refused_when_continuing_a_checkpoint(option, capsys):
+    with pytest.raises(SystemExit):
+        build.main([*option, "--init-from", "unused", "--work", "unused", "--out", "unused"])
+    assert "build from nothing" in capsys.readouterr().err
 
 
 def test_flow_time_loc_is_refused_without_a_checkpoint_to_continue(capsys):

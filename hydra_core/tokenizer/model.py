@@ -97,10 +97,16 @@ class HydraTok(nn.Module):
 
     # ------------------------------------------------------------------ encoding
     def encode(self, pixels: torch.Tensor, sample: bool = False, generator: torch.Generator | None = None,
-               run_sem_vit: bool = True) -> HydraTokEncoding:
+               run_sem_vit: bool = True, semantic_noise: float = 0.0) -> HydraTokEncoding:
+        """semantic_noise > 0: Sem-ViT reads the mean noised to t ~ U(0, semantic_noise) per image (see
+        HydraTokConfig.semantic_noise and noise_latent); gsb.h_bn stays the clean un-projected mean."""
         gen_hidden = [h[:, 1:] for h in self.gen_vit(pixels)]  # drop CLS
         gsb = self.gsb(gen_hidden[-1], sample=sample, generator=generator)
-        sem_hidden = self.sem_vit(gsb.h_bn) if run_sem_vit else []
+        sem_input = gsb.h_bn
+        if run_sem_vit and semantic_noise > 0:
+            t = semantic_noise * torch.rand(pixels.shape[0], generator=generator).to(pixels.device)
+            sem_input = self.gsb.unproject(noise_latent(gsb.mean, t, generator))
+        sem_hidden = self.sem_vit(sem_input) if run_sem_vit else []
         return HydraTokEncoding(gsb=gsb, gen_hidden=gen_hidden, sem_hidden=sem_hidden)
 
     @torch.no_grad()
@@ -189,6 +195,16 @@ class HydraTok(nn.Module):
         student = enc.gen_hidden + enc.sem_hidden
         losses = [cosine_loss(student[l - 1], teacher_hidden[l][:, 1:]) for l in self.config.distill_layers]
         return torch.stack(losses).sum()
+
+
+def noise_latent(mean: torch.Tensor, t: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    """GSB means [B, N, C] noised to t [B] as a flow noises them: (1 - t) z + t eps in the space where the
+    batch's latents have mean 0 and std 1 (statistics detached), returned at the latents' scale. A
+    direction with a larger share of the latents' variance survives more noise."""
+    centre, scale = mean.mean().detach(), mean.std().detach()
+    eps = torch.randn(mean.shape, generator=generator).to(mean.device, mean.dtype)
+    t = t.to(mean.dtype).view(-1, *[1] * (mean.dim() - 1))
+    return ((1 - t) * (mean - centre) / scale + t * eps) * scale + centre
 
 
 # OpenGVLab's InternViT names -> transformers' InternVL-vision names (after an optional "vision_model."

@@ -139,8 +139,10 @@ def _segment_lines(number: int, segment: dict) -> list[str]:
         if segment.get(key):
             lines += ["", segment[key]]
     return lines
+
+
 def _is_monitor(key: str) -> bool:
-    return key.startswith(("heldout_", "psnr"))
+    return key.startswith(("heldout_", "psnr", "sem_", "teacher_"))
 
 
 def _samples_seen(segments: list[dict]) -> str:
