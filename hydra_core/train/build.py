@@ -349,10 +349,11 @@ class Builder:
 
         pixels, labels = self._token_scenes()
         vision, teacher = self.model.vision, self.teacher
+        with torch.no_grad():  # the teacher is frozen from here on
+            teacher_norm = teacher.vit(pixels).last_hidden_state[:, 1:].norm(dim=-1, keepdim=True)
 
         @torch.no_grad()
         def monitor() -> dict[str, float]:
-            teacher_norm = teacher.vit(pixels).last_hidden_state[:, 1:].norm(dim=-1, keepdim=True)
             mean = vision.encode_latent(pixels)
             out = {}
             for t in (0.0, 0.3, 0.6):
