@@ -68,7 +68,7 @@ def step_functions(pipe, length: int):
 
         segments = model.segments(full_ids, full_mask)
         hidden = model._run_llm(model.embed(full_ids, model.denormalize(z)), segments)
-        out = model.flow_head(hidden[:, -n:], t).float()
+        out = model.flow_head(hidden[:, -n:], t, z).float()
         return to_velocity(model.config.flow_prediction, out, z.float(), t.float())
 
     difference = float((reused() - recomputed()).abs().max())

@@ -141,6 +141,8 @@ class HydraConfig:
     llm: dict[str, Any] = field(default_factory=dict)
     flow_head_width: int = 256
     flow_head_layers: int = 3
+    # The flow head also reads the noisy latent z_t (a zero-initialised skip; not in the paper, unified/flow_head.py).
+    flow_head_latent_input: bool = False
     cfg_dropout: float = 0.1
     ntp_weight: float = 1.0
     flow_weight: float = 1.0

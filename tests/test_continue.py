@@ -43,7 +43,7 @@ def test_a_continuation_trains_only_its_stage_and_the_card_records_every_segment
     assert any(k.startswith("llm.") for k in changed) and any(k.startswith("flow_head.") for k in changed)
 
 
-def test_a_continuation_can_whiten_the_flow_space_and_add_image_positions(tiny_checkpoint, tmp_path, monkeypatch):
+def test_a_continuation_can_whiten_the_flow_space_add_image_positions_and_the_flow_latent_skip(tiny_checkpoint, tmp_path, monkeypatch):
     from hydra_core.loading import load_pretrained
 
     monkeypatch.setattr(build, "STEPS", dict(build.STEPS))
@@ -51,11 +51,12 @@ def test_a_continuation_can_whiten_the_flow_space_and_add_image_positions(tiny_c
     monkeypatch.setattr(build, "MONITOR_SCENES", 6)
     out = tmp_path / "out"
     build.main(["--init-from", str(tiny_checkpoint), "--stages", "umm2", "--steps", "umm2=3", "--latent-norm", "pca",
-                "--whiten-floor", "0.002", "--image-positions", "--work", str(tmp_path / "work"), "--out", str(out), "--pool-size", "24",
+                "--whiten-floor", "0.002", "--image-positions", "--flow-latent-input", "--work", str(tmp_path / "work"), "--out", str(out), "--pool-size", "24",
                 "--eval-limit", "0"])
     model = load_pretrained(out).model
     assert model.config.latent_norm == "pca" and model.config.image_position_embedding
     assert model.config.latent_whiten_floor == 0.002
+    assert model.config.flow_head_latent_input and model.flow_head.latent_proj.weight.abs().max() > 0  # trained from 0
     assert "--latent-norm pca" in json.loads((out / build.SEGMENTS_NAME).read_text())["segments"][-1]["command"]
     # The pool's latents, whitened: the largest directions at unit variance.
     pool = build.data.make_pool(24, 0)

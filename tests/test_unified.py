@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from hydra_core.config import IMG_PAD
-from hydra_core.train.stages import STAGES, configure_stage
+from hydra_core.train.stages import STAGES, configure_stage, trains
 from hydra_core.unified import build_attention_mask
 from hydra_core.unified.masks import position_ids_from
 
@@ -75,7 +75,7 @@ def test_prefix_cache_gives_the_same_velocity_as_a_full_pass(tiny_model):
         ids = torch.cat([prefix_ids, torch.full((2, n), pad)], dim=1)
         mask = torch.cat([prefix_mask, torch.ones(2, n, dtype=torch.long)], dim=1)
         hidden = model._run_llm(model.embed(ids, model.denormalize(z)), model.segments(ids, mask))
-        full = model.flow_head(hidden[:, -n:], t)
+        full = model.flow_head(hidden[:, -n:], t, z)
     assert torch.allclose(v1, v2)
     assert torch.allclose(v1, full, atol=1e-5)
     assert prefix.cache.get_seq_length() == prefix_ids.shape[1]
@@ -146,3 +146,31 @@ def test_each_stage_trains_and_freezes_the_right_parameters(tiny_config, name):
     lrs = {g["name"]: g["lr"] for g in groups}
     if "vision_head" in lrs:
         assert lrs["vision_head"] == max(lrs.values())
+
+
+def test_the_flow_heads_latent_skip_starts_at_zero_reads_z_t_once_trained_and_is_saved(tiny_model, text_tokenizer,
+                                                                                        tmp_path):
+    """`add_flow_latent_input` keeps a trained head's velocities exactly; once its skip has weights the
+    velocity depends on z_t through it, and the skip survives a save and load."""
+    import copy
+
+    from hydra_core.loading import load_pretrained, save_pretrained
+
+    model = copy.deepcopy(tiny_model)
+    n, c = model.config.tokenizer.num_tokens, model.config.tokenizer.latent_channels
+    ids, mask = torch.tensor([[1, 13, 14, 15, 16, 4]]), torch.ones(1, 6, dtype=torch.long)
+    z, t = torch.randn(1, n, c, generator=torch.Generator().manual_seed(2)), torch.tensor([0.6])
+    with torch.no_grad():
+        before = model.image_velocity(z, t, model.prefill(ids, mask))
+        model.add_flow_latent_input()
+        assert torch.equal(model.image_velocity(z, t, model.prefill(ids, mask)), before)
+        torch.nn.init.normal_(model.flow_head.latent_proj.weight, std=0.2)
+        hidden = torch.randn(1, n, model.llm.config.hidden_size)
+        moved = model.flow_head(hidden, t, z) - model.flow_head(hidden, t, torch.zeros_like(z))
+    assert moved.abs().mean() > 1e-3
+    assert all(trains(STAGES[s], "flow_head.latent_proj.weight") for s in ("umm1", "umm2", "umm3"))
+    save_pretrained(model, text_tokenizer, tmp_path, dtype=torch.float16)
+    loaded = load_pretrained(tmp_path).model
+    assert loaded.config.flow_head_latent_input
+    torch.testing.assert_close(loaded.flow_head.latent_proj.weight, model.flow_head.latent_proj.weight,
+                               atol=1e-3, rtol=1e-3)

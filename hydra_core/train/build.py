@@ -109,11 +109,12 @@ class Builder:
 
     def __init__(self, work: Path, out: Path, scale: float, seed: int, pool_size: int, init_from: Path | None = None,
                  workers: int = 1, save_every: int = 50, whiten: bool = False, image_positions: bool = False,
-                 teacher_loss: str = "mean"):
+                 teacher_loss: str = "mean", flow_latent_input: bool = False):
         self.work, self.out, self.scale, self.seed, self.init_from = work, out, scale, seed, init_from
         self.teacher_loss = teacher_loss  # TEACHER_LOSSES
         self.whiten = whiten  # latent_norm "pca": the flow generates in whitened latents (unified/latent_norm.py)
         self.image_positions = image_positions  # add image position embeddings to a checkpoint without them
+        self.flow_latent_input = flow_latent_input  # give the flow head the noisy-latent skip (unified/flow_head.py)
         self.save_every = save_every
         self.state = PartialState(cpu=not torch.cuda.is_available())
         self.device = self.state.device
@@ -141,6 +142,8 @@ class Builder:
         self.model = HydraModel(self.config).to(self.device)
         if image_positions:
             self.model.add_image_positions()
+        if flow_latent_input:
+            self.model.add_flow_latent_input()
         self.teacher = Teacher(self.config.tokenizer).to(self.device)
         self.basis: PCABasis | None = None
 
@@ -497,6 +500,8 @@ class Builder:
                     self.encode_pool()
                     if self.image_positions and not self.config.image_position_embedding:
                         self.model.add_image_positions()
+                    if self.flow_latent_input and not self.config.flow_head_latent_input:
+                        self.model.add_flow_latent_input()
                     if self.whiten and self.config.latent_norm != "pca":
                         self.model.whiten_latents(self.pool_latents[:WHITENING_IMAGES])
             else:
@@ -605,6 +610,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--image-positions", action="store_true",
                         help="with --init-from: add learned 2D position embeddings to the image tokens' LLM inputs "
                              "(started from a small 2D sin-cos table) if the checkpoint has none")
+    parser.add_argument("--flow-latent-input", action="store_true",
+                        help="the flow head also reads the noisy latent z_t through a zero-initialised linear skip "
+                             "(not in the paper; unified/flow_head.py); with --init-from, added if the checkpoint has none")
     parser.add_argument("--teacher-loss", choices=TEACHER_LOSSES, default="mean",
                         help="the semantic teacher's per-token loss: 'mean' over all tokens (the bundled model's) or "
                              "'balanced' (background and object tokens weigh the same: the teacher learns shapes)")
@@ -639,7 +647,8 @@ def main(argv: list[str] | None = None) -> None:
         parser.error("--teacher-loss trains a teacher: build from nothing")
     builder = Builder(args.work, args.out, args.scale, args.seed, args.pool_size, args.init_from,
                       workers=args.workers, save_every=args.save_every, whiten=args.latent_norm == "pca",
-                      image_positions=args.image_positions, teacher_loss=args.teacher_loss)
+                      image_positions=args.image_positions, teacher_loss=args.teacher_loss,
+                      flow_latent_input=args.flow_latent_input)
     if args.whiten_floor is not None:
         if args.latent_norm != "pca" or args.whiten_floor < 0:
             parser.error("--whiten-floor takes a number >= 0 and goes with --latent-norm pca")

@@ -53,7 +53,8 @@ class HydraModel(nn.Module):
         width = self.llm.config.hidden_size
         # InternVL-style: LayerNorm then the paper's linear projector.
         self.projector = nn.Sequential(nn.LayerNorm(tok.hidden_size), nn.Linear(tok.hidden_size, width))
-        self.flow_head = FlowHead(width, config.flow_head_width, config.flow_head_layers, tok.latent_channels)
+        self.flow_head = FlowHead(width, config.flow_head_width, config.flow_head_layers, tok.latent_channels,
+                                  latent_input=config.flow_head_latent_input)
         self.image_position = nn.Parameter(torch.zeros(tok.num_tokens, width)) if config.image_position_embedding else None
         if config.latent_norm not in LATENT_NORMS:
             raise ValueError(f"latent_norm must be one of {LATENT_NORMS}, got {config.latent_norm!r}")
@@ -96,6 +97,15 @@ class HydraModel(nn.Module):
         final = self.flow_head.final.linear
         final.weight.copy_((final.weight.T.float() @ linear_map).T.to(final.weight.dtype))
         final.bias.copy_((final.bias.float() @ linear_map).to(final.bias.dtype))
+
+    @torch.no_grad()
+    def add_flow_latent_input(self) -> None:
+        """Give a flow head without it the noisy-latent skip (unified/flow_head.py), started at zero."""
+        head = self.flow_head
+        head.latent_proj = nn.Linear(self.config.tokenizer.latent_channels, head.input_proj.out_features)
+        head.zero_latent_input()
+        head.latent_proj.to(head.input_proj.weight.device, head.input_proj.weight.dtype)
+        self.config.flow_head_latent_input = True
 
     def image_embeds(self, latent: torch.Tensor) -> torch.Tensor:
         """GSB-space latent [M, N, C] (raw scale) -> LLM input embeddings [M, N, H]."""
@@ -177,7 +187,7 @@ class HydraModel(nn.Module):
         z_t = (1 - t[:, None, None]) * x0 + t[:, None, None] * eps
         segments = self.segments(input_ids, attention_mask)
         hidden = self._run_llm(self.embed(input_ids, self.denormalize(z_t)), segments)
-        out = self.flow_head(hidden[:, -x0.shape[1]:], t)
+        out = self.flow_head(hidden[:, -x0.shape[1]:], t, z_t)
         return flow_matching_loss(self.config.flow_prediction, out, z_t, x0, eps, t)
 
     # ------------------------------------------------------------------ inference
@@ -208,7 +218,7 @@ class HydraModel(nn.Module):
         hidden = self._run_llm(embeds, new_segments, cache=prefix.cache, key_segments=key_segments,
                                position_ids=positions)
         prefix.cache.crop(-n)
-        out = self.flow_head(hidden, t.to(hidden.dtype)).float()
+        out = self.flow_head(hidden, t.to(hidden.dtype), z_t).float()
         return to_velocity(self.config.flow_prediction, out, z_t.float(), t.float())
 
     @torch.no_grad()
