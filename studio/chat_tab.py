@@ -14,7 +14,7 @@ from .common import (EXAMPLES_DIR, IMAGE_LABEL, MODEL_QUEUE, Refresh, checked, g
 from .latent_panel import LatentPanel, Tab, latent_panel
 
 CHAT_EXAMPLES = (
-    ("shapes_2.png", "what shapes are in the image?"),
+    ("shapes_2.png", "what shape is the purple object?"),
     ("shapes_1.png", "what color is the star?"),
     ("shapes_3.png", "how many squares are there?"),
 )

@@ -45,7 +45,9 @@ def worker(out: Path) -> None:
     build.hconfig.tiny = small
     build.BATCH = dict(build.BATCH, teacher=BATCH)
     build.STEPS = dict(build.STEPS, teacher=STEPS)
-    builder = build.Builder(out / "work", out / "ckpt", scale=1.0, seed=0, pool_size=24)
+    # The plain token mean: it splits exactly over shards. The balanced loss (the default) normalises by each
+    # shard's own background and object counts, so two shards equal the combined batch only approximately.
+    builder = build.Builder(out / "work", out / "ckpt", scale=1.0, seed=0, pool_size=24, teacher_loss="mean")
     state = PartialState()
     assert state.num_processes == int(os.environ.get("WORLD_SIZE", 1))
     first_losses = {}

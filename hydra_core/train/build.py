@@ -51,7 +51,7 @@ from .loop import LoopConfig, shard, train
 from .stages import STAGES, configure_stage, trains
 
 # Steps per stage at --scale 1.
-STEPS = {"teacher": 200, "text": 200, "tok1": 1000, "tok2": 200, "umm1": 150, "umm2": 2200, "umm3": 1000}
+STEPS = {"teacher": 1500, "text": 200, "tok1": 1000, "tok2": 200, "umm1": 150, "umm2": 2200, "umm3": 1000}
 BUILD_ORDER = ("teacher", "text", "tok1", "tok2", "latents", "umm1", "umm2", "umm3")
 BATCH = {"teacher": 32, "text": 64, "tok": 32, "umm": 32}
 DEFAULT_BATCH = dict(BATCH)  # what a segment that recorded no batch sizes trained with (--batch overrides BATCH)
@@ -109,7 +109,7 @@ class Builder:
 
     def __init__(self, work: Path, out: Path, scale: float, seed: int, pool_size: int, init_from: Path | None = None,
                  workers: int = 1, save_every: int = 50, whiten: bool = False, image_positions: bool = False,
-                 teacher_loss: str = "mean", flow_latent_input: bool = False):
+                 teacher_loss: str = "balanced", flow_latent_input: bool = False):
         self.work, self.out, self.scale, self.seed, self.init_from = work, out, scale, seed, init_from
         self.teacher_loss = teacher_loss  # TEACHER_LOSSES
         self.whiten = whiten  # latent_norm "pca": the flow generates in whitened latents (unified/latent_norm.py)
@@ -613,9 +613,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--flow-latent-input", action="store_true",
                         help="the flow head also reads the noisy latent z_t through a zero-initialised linear skip "
                              "(not in the paper; unified/flow_head.py); with --init-from, added if the checkpoint has none")
-    parser.add_argument("--teacher-loss", choices=TEACHER_LOSSES, default="mean",
-                        help="the semantic teacher's per-token loss: 'mean' over all tokens (the bundled model's) or "
-                             "'balanced' (background and object tokens weigh the same: the teacher learns shapes)")
+    parser.add_argument("--teacher-loss", choices=TEACHER_LOSSES, default=None,
+                        help="the semantic teacher's per-token loss: 'balanced' (the default and the bundled model's: "
+                             "background and object tokens weigh the same, so the teacher learns shapes) or 'mean' over "
+                             "all tokens (most are background: the teacher learns colours and not shapes)")
     parser.add_argument("--semantic-noise", type=float, default=None, metavar="T",
                         help="building from nothing: train the tokenizer with Sem-ViT reading its latent noised to "
                              "t ~ U(0, T) (HydraTokConfig.semantic_noise; 0, the default, is the paper's clean latent)")
@@ -643,11 +644,11 @@ def main(argv: list[str] | None = None) -> None:
         parser.error("--flow-time-loc changes a checkpoint's recipe: use it with --init-from")
     if args.semantic_noise is not None and (args.init_from is not None or not 0 <= args.semantic_noise <= 1):
         parser.error("--semantic-noise takes a number in [0, 1] and trains a tokenizer: build from nothing")
-    if args.teacher_loss != "mean" and args.init_from is not None:
+    if args.teacher_loss is not None and args.init_from is not None:
         parser.error("--teacher-loss trains a teacher: build from nothing")
     builder = Builder(args.work, args.out, args.scale, args.seed, args.pool_size, args.init_from,
                       workers=args.workers, save_every=args.save_every, whiten=args.latent_norm == "pca",
-                      image_positions=args.image_positions, teacher_loss=args.teacher_loss,
+                      image_positions=args.image_positions, teacher_loss=args.teacher_loss or "balanced",
                       flow_latent_input=args.flow_latent_input)
     if args.whiten_floor is not None:
         if args.latent_norm != "pca" or args.whiten_floor < 0:
