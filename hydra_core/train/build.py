@@ -63,9 +63,9 @@ DENSE_SHARE = 0.5
 MONITOR_EVERY = 100
 MONITOR_SCENES = 48
 WHITENING_IMAGES = 512  # pool images whose latents fit the flow space's principal axes (latent_norm "pca")
-# The teacher's per-token loss: "mean" over all tokens (the bundled model's: most tokens are background, and
-# its teacher learnt colours but left shapes at chance, 0.22 of object tokens), or "balanced", background
-# and object tokens weighing the same (shape 0.80 after 1,500 steps; the model card's notes).
+# The teacher's per-token loss: "balanced" (the default and the bundled model's), background and object tokens
+# weighing the same (shape 0.80 after 1,500 steps; the model card's notes), or "mean" over all tokens (the model
+# bundled until 2026-12-06: most tokens are background, and its teacher left shapes at chance, 0.22 of object tokens).
 TEACHER_LOSSES = ("mean", "balanced")
 # Held-out items (monitors and the model card's evaluation) are drawn with this seed whatever the
 # training seed, so every segment of a model is measured on the same items.

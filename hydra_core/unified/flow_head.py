@@ -23,16 +23,18 @@ class FlowHead(nn.Module):
     def __init__(self, llm_width: int, width: int, layers: int, latent_channels: int, latent_input: bool = False):
         super().__init__()
         self.input_proj = nn.Linear(llm_width, width)
-        self.latent_proj = nn.Linear(latent_channels, width) if latent_input else None
+        self.latent_proj: nn.Linear | None = None
         if latent_input:
-            self.zero_latent_input()
+            self.add_latent_input(latent_channels)
         self.t_embedder = TimestepEmbedder(width)
         self.blocks = nn.ModuleList(AdaLNZeroMLPBlock(width) for _ in range(layers))
         self.final = FinalLayer(width, latent_channels)
 
     @torch.no_grad()
-    def zero_latent_input(self) -> None:
-        """Start the latent skip at zero, so a head that gains it keeps its function."""
+    def add_latent_input(self, latent_channels: int) -> None:
+        """The latent skip, started at zero, so a trained head that gains it keeps its function."""
+        weight = self.input_proj.weight
+        self.latent_proj = nn.Linear(latent_channels, weight.shape[0]).to(weight.device, weight.dtype)
         nn.init.zeros_(self.latent_proj.weight)
         nn.init.zeros_(self.latent_proj.bias)
 

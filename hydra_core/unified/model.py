@@ -101,10 +101,7 @@ class HydraModel(nn.Module):
     @torch.no_grad()
     def add_flow_latent_input(self) -> None:
         """Give a flow head without it the noisy-latent skip (unified/flow_head.py), started at zero."""
-        head = self.flow_head
-        head.latent_proj = nn.Linear(self.config.tokenizer.latent_channels, head.input_proj.out_features)
-        head.zero_latent_input()
-        head.latent_proj.to(head.input_proj.weight.device, head.input_proj.weight.dtype)
+        self.flow_head.add_latent_input(self.config.tokenizer.latent_channels)
         self.config.flow_head_latent_input = True
 
     def image_embeds(self, latent: torch.Tensor) -> torch.Tensor:
