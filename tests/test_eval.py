@@ -90,7 +90,7 @@ def test_prompts_file_and_images_folder(tiny_pipeline, prompts_file, tmp_path):
     results = evaluate(tiny_pipeline, suites=("geneval",), limit=5, steps=2, prompts_file=prompts_file)
     assert set(results) >= {"geneval", "geneval_samples"} and "recon" not in results and "vqa" not in results
     assert results["geneval"]["n"] == 2
-    assert [k for k in results["geneval"] if k not in ("overall", "n", "mismatched", "shape_swapped", "self_check")] == ["counting", "colors"]
+    assert [k for k in results["geneval"] if k not in ("overall", "n", "mismatched", "shape_swapped", "self_check", "by_shape")] == ["counting", "colors"]
     assert results["geneval_samples"][0]["mismatched_prompt"] == CUSTOM_PROMPTS[1]["prompt"]  # two prompts: each judged by the other
     assert [s["prompt"] for s in results["geneval_samples"]] == [m["prompt"] for m in CUSTOM_PROMPTS]
 
@@ -134,6 +134,7 @@ def test_geneval_scorer_is_not_trivial():
     truth = [sw.render(sw.scene_for_prompt(m, rng)) for m in metas]
     summary, samples = score_geneval(truth, metas)
     assert summary["n"] == 30 and summary["overall"] >= 0.95, [s for s in samples if not s["correct"]]
+    assert set(summary["by_shape"]) == set(sw.SHAPES) and min(summary["by_shape"].values()) >= 0.95, summary
     # The control judges each image against another prompt of its tag: perfect images score far less.
     assert summary["mismatched"]["overall"] <= summary["overall"] - 0.5, summary["mismatched"]
     assert summary["shape_swapped"]["overall"] <= summary["overall"] - 0.5, summary["shape_swapped"]
@@ -141,6 +142,15 @@ def test_geneval_scorer_is_not_trivial():
     wrong_shapes = [sw.render(sw.scene_for_prompt(swap_shapes(m), rng)) for m in metas]
     summary = score_geneval(wrong_shapes, metas)[0]
     assert summary["overall"] <= 0.1 and summary["shape_swapped"]["overall"] >= 0.95, summary
+    assert max(summary["by_shape"].values()) <= 0.1, summary["by_shape"]
+    # A generator that draws every object as a square of the right colour: the colour score looks fair,
+    # the breakdown by asked shape shows where it comes from.
+    one_object = [m for m in metas if m["tag"] in ("single_object", "colors")] * 4
+    squares = [sw.render(sw.scene_for_prompt({**m, "include": [{**m["include"][0], "class": "square"}]}, rng))
+               for m in one_object]
+    summary = score_geneval(squares, one_object)[0]
+    asked = {m["include"][0]["class"] for m in one_object}
+    assert summary["by_shape"] == {s: float(s == "square") for s in sw.SHAPES if s in asked}, summary["by_shape"]
     blank = [np.full((64, 64, 3), 255, np.uint8)] * len(metas)
     assert score_geneval(blank, metas)[0]["overall"] <= 0.05
 
@@ -172,5 +182,8 @@ def test_about_model_shows_each_score_beside_its_control(tiny_pipeline, tmp_path
     overall_row = next(line for line in text.splitlines() if line.startswith("| GenEval overall"))
     assert f"mismatched prompt {results['geneval']['mismatched']['overall']:.3f}" in overall_row
     assert f"other shapes {results['geneval']['shape_swapped']['overall']:.3f}" in overall_row
+    for shape, score in results["geneval"]["by_shape"].items():
+        row = next(line for line in text.splitlines() if line.startswith(f"| GenEval one-object prompts asking for a {shape} "))
+        assert f"| {score:.3f} |" in row and "other shapes" in row
     assert "blank" in next(line for line in text.splitlines() if line.startswith("| VQA overall"))
     assert "shuffled prompts" in text

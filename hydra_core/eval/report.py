@@ -29,6 +29,10 @@ def evaluation_rows(results: dict) -> list[tuple[str, tuple, str]]:
         rows.append((f"GenEval {tag}", ("geneval", tag),
                      f"mismatched prompt {fmt(get(results, ('geneval', 'mismatched', tag)))} / "
                      f"other shapes {fmt(get(results, ('geneval', 'shape_swapped', tag)))}"))
+    for shape in get(results, ("geneval", "by_shape")) or {}:
+        rows.append((f"GenEval one-object prompts asking for a {shape}", ("geneval", "by_shape", shape),
+                     f"mismatched prompt {fmt(get(results, ('geneval', 'mismatched', 'by_shape', shape)))} / "
+                     f"other shapes {fmt(get(results, ('geneval', 'shape_swapped', 'by_shape', shape)))}"))
     for q in ("count", "color", "shape", "exist", "relation", "overall"):
         control = " / ".join(f"{label} {fmt(get(results, ('vqa', key, q)))}" for key, label in
                              (("other_image", "other image"), ("blank_image", "blank"), ("majority", "majority")))

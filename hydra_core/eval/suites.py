@@ -24,7 +24,8 @@ with its most common answer ("majority").
 
 Result (also the CLI's JSON): {"checkpoint", "seed", "limit", "steps",
   "recon": {"shapesworld" | "photos" | "images": {"psnr", "ssim", "n", "thumbnail_psnr"[, "skipped"]}},
-  "geneval": {<tag>: acc for the tags present, "overall", "n", "mismatched" | "shape_swapped": {<tag>..., "overall"},
+  "geneval": {<tag>: acc for the tags present, "overall", "n", "by_shape": {<shape>: acc of the one-object prompts
+              (single_object, colors) asking for it}, "mismatched" | "shape_swapped": {<tag>..., "overall", "by_shape"},
               "self_check": {"agreement_with_oracle", "says_agrees", "majority", "n"}},
   "geneval_samples": [{prompt, tag, correct, reason, mismatched_prompt, mismatched_correct, shape_swapped_correct,
                        self_check, self_check_answers: [[question, expected, answer]]}],
@@ -66,6 +67,7 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".ti
 RECON_BATCH = 16
 THUMBNAIL = 8  # side of the input-blind reconstruction baseline
 CONDITIONING_TIMES = (0.5, 0.7, 0.9)
+ONE_OBJECT_TAGS = ("single_object", "colors")  # prompts naming one object: scored by the shape they ask for too
 
 
 def eval_rng(seed: int, suite: str) -> np.random.Generator:
@@ -196,11 +198,16 @@ def score_geneval(images: Iterable, metas: list[dict[str, Any]]) -> tuple[dict[s
                         "reason": reason, "mismatched_prompt": other["prompt"], "mismatched_correct": bool(control),
                         "shape_swapped_correct": bool(shape_control)})
     tags = [s["tag"] for s in samples]
-    per_tag = accuracy_by(tags, [s["correct"] for s in samples], sw.TAGS)
-    controls = {name: accuracy_by(tags, [s[f"{name}_correct"] for s in samples], sw.TAGS)
-                for name in ("mismatched", "shape_swapped")}
-    return {**per_tag, "overall": _mean(per_tag.values()), "n": len(samples),
-            **{name: {**c, "overall": _mean(c.values())} for name, c in controls.items()}}, samples
+    one_object = [i for i, m in enumerate(metas) if m.get("tag") in ONE_OBJECT_TAGS]
+    asked = [metas[i]["include"][0]["class"] for i in one_object]
+
+    def scores(key: str) -> dict[str, Any]:
+        per_tag = accuracy_by(tags, [s[key] for s in samples], sw.TAGS)
+        by_shape = accuracy_by(asked, [samples[i][key] for i in one_object], sw.SHAPES)
+        return {**per_tag, "overall": _mean(per_tag.values()), **({"by_shape": by_shape} if by_shape else {})}
+
+    return {**scores("correct"), "n": len(samples),
+            **{name: scores(f"{name}_correct") for name in ("mismatched", "shape_swapped")}}, samples
 
 
 def run_geneval(pipe: "HydraPipeline", limit: int, seed: int, steps: int | None = None,
