@@ -16,7 +16,7 @@ from .latent_panel import LatentPanel, Tab, latent_panel
 CHAT_EXAMPLES = (
     ("shapes_2.png", "what shape is the purple object?"),
     ("shapes_1.png", "what color is the star?"),
-    ("shapes_3.png", "how many squares are there?"),
+    ("shapes_3.png", "how many objects are there?"),
 )
 EMPTY_REPLY = "*(the model ended its reply without any text)*"
 NO_CHAT_IMAGE = "No image in the conversation yet."
