@@ -16,7 +16,7 @@ from PIL import Image
 
 from hydra_core.data import shapesworld as sw
 from hydra_core.eval import evaluate, format_table, score_geneval
-from hydra_core.eval.suites import accuracy_by, normalize_answer, read_prompts, swap_shapes, vqa_items
+from hydra_core.eval.suites import ONE_OBJECT_TAGS, accuracy_by, normalize_answer, read_prompts, swap_shapes, vqa_items
 
 REPO = Path(__file__).resolve().parent.parent
 CUSTOM_PROMPTS = [
@@ -145,7 +145,7 @@ def test_geneval_scorer_is_not_trivial():
     assert max(summary["by_shape"].values()) <= 0.1, summary["by_shape"]
     # A generator that draws every object as a square of the right colour: the colour score looks fair,
     # the breakdown by asked shape shows where it comes from.
-    one_object = [m for m in metas if m["tag"] in ("single_object", "colors")] * 4
+    one_object = [m for m in metas if m["tag"] in ONE_OBJECT_TAGS] * 4
     squares = [sw.render(sw.scene_for_prompt({**m, "include": [{**m["include"][0], "class": "square"}]}, rng))
                for m in one_object]
     summary = score_geneval(squares, one_object)[0]
