@@ -67,6 +67,7 @@ WHITENING_IMAGES = 512  # pool images whose latents fit the flow space's princip
 # weighing the same (shape 0.80 after 1,500 steps; the model card's notes), or "mean" over all tokens (the model
 # bundled until 2026-12-06: most tokens are background, and its teacher left shapes at chance, 0.22 of object tokens).
 TEACHER_LOSSES = ("mean", "balanced")
+DEFAULT_TEACHER_LOSS = "balanced"
 # Held-out items (monitors and the model card's evaluation) are drawn with this seed whatever the
 # training seed, so every segment of a model is measured on the same items.
 HELDOUT_SEED = 0
@@ -109,7 +110,7 @@ class Builder:
 
     def __init__(self, work: Path, out: Path, scale: float, seed: int, pool_size: int, init_from: Path | None = None,
                  workers: int = 1, save_every: int = 50, whiten: bool = False, image_positions: bool = False,
-                 teacher_loss: str = "balanced", flow_latent_input: bool = False):
+                 teacher_loss: str = DEFAULT_TEACHER_LOSS, flow_latent_input: bool = False):
         self.work, self.out, self.scale, self.seed, self.init_from = work, out, scale, seed, init_from
         self.teacher_loss = teacher_loss  # TEACHER_LOSSES
         self.whiten = whiten  # latent_norm "pca": the flow generates in whitened latents (unified/latent_norm.py)
@@ -648,7 +649,7 @@ def main(argv: list[str] | None = None) -> None:
         parser.error("--teacher-loss trains a teacher: build from nothing")
     builder = Builder(args.work, args.out, args.scale, args.seed, args.pool_size, args.init_from,
                       workers=args.workers, save_every=args.save_every, whiten=args.latent_norm == "pca",
-                      image_positions=args.image_positions, teacher_loss=args.teacher_loss or "balanced",
+                      image_positions=args.image_positions, teacher_loss=args.teacher_loss or DEFAULT_TEACHER_LOSS,
                       flow_latent_input=args.flow_latent_input)
     if args.whiten_floor is not None:
         if args.latent_norm != "pca" or args.whiten_floor < 0:
