@@ -3,6 +3,7 @@
 import json
 import shutil
 
+import pytest
 import torch
 from safetensors.torch import load_file
 
@@ -65,3 +66,27 @@ def test_a_continuation_can_whiten_the_flow_space_add_image_positions_and_the_fl
     top = torch.linalg.eigvalsh(torch.cov(z.T.double())).flip(0)[:3]
     assert torch.all((top > 0.7) & (top < 1.3)), top
 
+
+
+def test_a_continuation_can_refine_the_decoder_alone_at_a_given_learning_rate(tiny_checkpoint, tmp_path, monkeypatch):
+    monkeypatch.setattr(build, "STEPS", dict(build.STEPS))
+    monkeypatch.setattr(build, "STAGES", dict(build.STAGES))  # main() writes --lr into it
+    monkeypatch.setattr(build, "BATCH", {"teacher": 8, "text": 8, "tok": 4, "umm": 6})
+    monkeypatch.setattr(build, "MONITOR_SCENES", 6)
+    out = tmp_path / "out"
+    build.main(["--init-from", str(tiny_checkpoint), "--stages", "tok2", "--steps", "tok2=3", "--lr", "decoder=5e-4",
+                "--work", str(tmp_path / "work"), "--out", str(out), "--pool-size", "24", "--eval-limit", "0"])
+
+    assert build.STAGES["tok2"].groups == {"decoder": 5e-4}
+    segment = json.loads((out / build.SEGMENTS_NAME).read_text())["segments"][-1]
+    assert list(segment["stages"]) == ["tok2"] and "--lr decoder=5e-4" in segment["command"]
+    before, after = load_file(tiny_checkpoint / "model.safetensors"), load_file(out / "model.safetensors")
+    changed = {k for k in after if not k.startswith("viz.") and not torch.equal(before[k].half(), after[k])}
+    assert changed and all(k.startswith("vision.decoder.") for k in changed), sorted(changed)[:5]
+
+
+@pytest.mark.parametrize("item", ["decoder", "decoder=fast", "decoder=0", "encoder=1e-3"])
+def test_a_malformed_learning_rate_is_refused(item, capsys):
+    with pytest.raises(SystemExit):
+        build.main(["--lr", item, "--work", "unused", "--out", "unused"])
+    assert "--lr takes GROUP=RATE" in capsys.readouterr().err

@@ -16,11 +16,14 @@ folder's training.json and model card):
 
     python -m hydra_core.train --init-from assets/hydra-tiny --stages umm3 --steps umm3=3000 \
         --seed 1 --work runs/tiny-2 --out assets/hydra-tiny
+
+(`--stages tok2` refines the pixel decoder of a built checkpoint; `--lr decoder=1e-3` sets a group's rate.)
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import platform
@@ -48,11 +51,14 @@ from ..unified.latent_norm import LATENT_NORMS
 from ..viz import PCABasis
 from . import data
 from .loop import LoopConfig, shard, train
-from .stages import STAGES, configure_stage, trains
+from .stages import GROUPS, STAGES, configure_stage, trains
 
 # Steps per stage at --scale 1.
 STEPS = {"teacher": 1500, "text": 200, "tok1": 1000, "tok2": 200, "umm1": 150, "umm2": 2200, "umm3": 1000}
 BUILD_ORDER = ("teacher", "text", "tok1", "tok2", "latents", "umm1", "umm2", "umm3")
+# What a built checkpoint can be continued with: the decoder's refinement (it needs no teacher, and the
+# latent space it decodes stays as it is) and the unified stages.
+CONTINUABLE = ("tok2", "umm1", "umm2", "umm3")
 BATCH = {"teacher": 32, "text": 64, "tok": 32, "umm": 32}
 DEFAULT_BATCH = dict(BATCH)  # what a segment that recorded no batch sizes trained with (--batch overrides BATCH)
 PHOTO_FRACTION = 0.3
@@ -594,8 +600,12 @@ def main(argv: list[str] | None = None) -> None:
                         help="stop after this stage (no checkpoint); e.g. to run a stage in a second process")
     parser.add_argument("--init-from", type=Path, default=None, metavar="DIR",
                         help="continue this checkpoint folder instead of building from nothing (runs --stages)")
-    parser.add_argument("--stages", nargs="+", default=["umm3"], choices=[s for s in STEPS if s.startswith("umm")],
-                        help="with --init-from: the unified stages to run again, in order")
+    parser.add_argument("--stages", nargs="+", default=["umm3"], choices=CONTINUABLE,
+                        help="with --init-from: the stages to run again, in order (tok2: the pixel decoder alone, "
+                             "the encoder and its latents unchanged; umm*: the unified stages)")
+    parser.add_argument("--lr", nargs="*", default=[], metavar="GROUP=RATE",
+                        help=f"override a parameter group's learning rate in every stage that trains it, GROUP in "
+                             f"{sorted(GROUPS)}")
     parser.add_argument("--flow-time-loc", type=float, nargs="+", default=None, metavar="MU",
                         help="with --init-from: train the flow on t = sigmoid(N(MU, 1)) from now on (the "
                              "checkpoint's config keeps the new value); 0 centres t at 0.5, larger MU means noisier; "
@@ -636,6 +646,17 @@ def main(argv: list[str] | None = None) -> None:
         if kind not in BATCH or not size.isdigit():
             parser.error(f"--batch takes KIND=N with KIND in {sorted(BATCH)}, got {item!r}")
         BATCH[kind] = int(size)
+    for item in args.lr:
+        group, _, rate = item.partition("=")
+        try:
+            rate = float(rate)
+        except ValueError:
+            rate = -1.0
+        if group not in GROUPS or not rate > 0:
+            parser.error(f"--lr takes GROUP=RATE with GROUP in {sorted(GROUPS)} and RATE > 0, got {item!r}")
+        for name, stage in STAGES.items():
+            if group in stage.groups:
+                STAGES[name] = dataclasses.replace(stage, groups=stage.groups | {group: rate})
     if args.describe is not None:
         describe(args.describe, args.eval_limit or 60)
         return
