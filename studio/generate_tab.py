@@ -18,8 +18,8 @@ from .common import (IMAGE_LABEL, MAX_SEED, MODEL_QUEUE, PIXELS, Refresh, checke
 from .device import PREVIEW_DECODER_STEPS
 from .latent_panel import LatentPanel, Tab, latent_panel
 
-# Chosen from what the bundled model draws well: the asked colours and shapes in 8/8, 5/8, 6/8 and 5/8 images
-# (seeds 0-7, pixel oracle), where "a photo of a red circle" gives 1/8 (circles and stars are its weak spot).
+# Chosen from what the bundled model draws well: the asked colours and shapes in 8/8, 7/8, 8/8 and 8/8 images
+# (seeds 0-7, pixel oracle), where "a photo of a red circle" gives 4/8 (circles and stars are its weak spot).
 PROMPT_EXAMPLES = (
     "a photo of a cyan square",
     "a large purple triangle in the centre, on a plain white background",
