@@ -11,16 +11,21 @@ from hydra_core.train import build
 from hydra_core.train.stages import STAGES, trains
 
 
-def test_a_continuation_trains_only_its_stage_and_the_card_records_every_segment(tiny_checkpoint, tmp_path,
-                                                                                  monkeypatch):
+@pytest.fixture
+def small_build(monkeypatch):
+    """Small batches and monitors; main() writes --steps and --lr into STEPS and STAGES: copies, restored after."""
+    monkeypatch.setattr(build, "STEPS", dict(build.STEPS))
+    monkeypatch.setattr(build, "STAGES", dict(build.STAGES))
+    monkeypatch.setattr(build, "BATCH", {"teacher": 8, "text": 8, "tok": 4, "umm": 6})
+    monkeypatch.setattr(build, "MONITOR_SCENES", 6)
+
+
+def test_a_continuation_trains_only_its_stage_and_the_card_records_every_segment(tiny_checkpoint, tmp_path, small_build):
     init = tmp_path / "init"
     shutil.copytree(tiny_checkpoint, init)
     first = {"command": "python -m hydra_core.train --work runs/first", "date": "2026-11-01",
              "stages": {"tok1": {"steps": 7, "minutes": 1.5, "final": {"loss": 0.5}, "heldout": {}}}}
     (init / build.SEGMENTS_NAME).write_text(json.dumps({"segments": [first]}))
-    monkeypatch.setattr(build, "STEPS", dict(build.STEPS))  # main() writes --steps into it
-    monkeypatch.setattr(build, "BATCH", {"teacher": 8, "text": 8, "tok": 4, "umm": 6})
-    monkeypatch.setattr(build, "MONITOR_SCENES", 6)
     out = tmp_path / "out"
 
     build.main(["--init-from", str(init), "--stages", "umm3", "--steps", "umm3=10", "--seed", "1",
@@ -44,12 +49,9 @@ def test_a_continuation_trains_only_its_stage_and_the_card_records_every_segment
     assert any(k.startswith("llm.") for k in changed) and any(k.startswith("flow_head.") for k in changed)
 
 
-def test_a_continuation_can_whiten_the_flow_space_add_image_positions_and_the_flow_latent_skip(tiny_checkpoint, tmp_path, monkeypatch):
+def test_a_continuation_can_whiten_the_flow_space_add_image_positions_and_the_flow_latent_skip(tiny_checkpoint, tmp_path, small_build):
     from hydra_core.loading import load_pretrained
 
-    monkeypatch.setattr(build, "STEPS", dict(build.STEPS))
-    monkeypatch.setattr(build, "BATCH", {"teacher": 8, "text": 8, "tok": 4, "umm": 6})
-    monkeypatch.setattr(build, "MONITOR_SCENES", 6)
     out = tmp_path / "out"
     build.main(["--init-from", str(tiny_checkpoint), "--stages", "umm2", "--steps", "umm2=3", "--latent-norm", "pca",
                 "--whiten-floor", "0.002", "--image-positions", "--flow-latent-input", "--work", str(tmp_path / "work"), "--out", str(out), "--pool-size", "24",
@@ -67,12 +69,7 @@ def test_a_continuation_can_whiten_the_flow_space_add_image_positions_and_the_fl
     assert torch.all((top > 0.7) & (top < 1.3)), top
 
 
-
-def test_a_continuation_can_refine_the_decoder_alone_at_a_given_learning_rate(tiny_checkpoint, tmp_path, monkeypatch):
-    monkeypatch.setattr(build, "STEPS", dict(build.STEPS))
-    monkeypatch.setattr(build, "STAGES", dict(build.STAGES))  # main() writes --lr into it
-    monkeypatch.setattr(build, "BATCH", {"teacher": 8, "text": 8, "tok": 4, "umm": 6})
-    monkeypatch.setattr(build, "MONITOR_SCENES", 6)
+def test_a_continuation_can_refine_the_decoder_alone_at_a_given_learning_rate(tiny_checkpoint, tmp_path, small_build):
     out = tmp_path / "out"
     build.main(["--init-from", str(tiny_checkpoint), "--stages", "tok2", "--steps", "tok2=3", "--lr", "decoder=5e-4",
                 "--work", str(tmp_path / "work"), "--out", str(out), "--pool-size", "24", "--eval-limit", "0"])
