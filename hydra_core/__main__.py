@@ -28,6 +28,8 @@ def main(argv: list[str] | None = None) -> int:
     gen.add_argument("--steps", type=int, default=None)
     gen.add_argument("--guidance", type=float, default=None)
     gen.add_argument("--seed", type=int, default=0)
+    gen.add_argument("--expand", action=argparse.BooleanOptionalAction, default=None,
+                     help="rewrite a short prompt per image into a dense caption (default: the checkpoint's setting)")
     gen.add_argument("--out", type=Path, default=Path("outputs"))
     gen.add_argument("--self-check", action="store_true",
                      help="ask each image the questions the prompt implies and say whether it agrees")
@@ -60,10 +62,12 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "generate":
             out = pipe.generate(args.prompt, num_images=args.num_images, steps=args.steps, guidance=args.guidance,
-                                seed=args.seed)
+                                seed=args.seed, expand=args.expand)
             args.out.mkdir(parents=True, exist_ok=True)
-            for image, seed in zip(out.images, out.seeds):
+            for image, seed, text in zip(out.images, out.seeds, out.prompts):
                 image.save(args.out / f"generated-seed{seed}.png")
+                if text != args.prompt:
+                    print(f"seed {seed} drawn from: {text}")
             print(f"{len(out.images)} image(s) in {args.out}/ (seeds {out.seeds}, {out.seconds:.2f} s)")
             if args.self_check:
                 for image, seed in zip(out.images, out.seeds):

@@ -37,6 +37,9 @@ QWEN_TOKEN_IDS = {PAD_TOKEN: 151643, "<|im_start|>": 151644, EOS_TOKEN: 151645, 
 PREDICTIONS = ("v", "x")  # what a flow network outputs: the velocity or the clean sample (see sampling.py)
 
 
+PROMPT_EXPANSIONS = ("none", "shapesworld")
+
+
 def _check_prediction(prediction: str) -> None:
     if prediction not in PREDICTIONS:
         raise ValueError(f"a flow prediction must be one of {PREDICTIONS}, got {prediction!r}")
@@ -162,6 +165,9 @@ class HydraConfig:
     flow_time_loc: float | list[float] = 0.0  # several: an equal mixture (sampling.sample_logit_normal)
     default_steps: int = 20
     default_guidance: float = 3.0
+    # How `generate` rewrites a prompt by default (hydra_core.prompts): "none", or "shapesworld" (a short
+    # ShapesWorld prompt becomes the dense caption of a seeded random scene that satisfies it).
+    prompt_expansion: str = "none"
     text_tokenizer: str = "bpe"  # "bpe" (trained on ShapesWorld) | "qwen" (Qwen2.5's BPE)
     # Ids of the special tokens in the text tokenizer (defaults: Qwen2.5's vocabulary; the tiny
     # BPE puts SPECIAL_TOKENS first, see tiny()).
@@ -173,6 +179,8 @@ class HydraConfig:
         if isinstance(self.tokenizer, dict):
             self.tokenizer = HydraTokConfig(**self.tokenizer)
         _check_prediction(self.flow_prediction)
+        if self.prompt_expansion not in PROMPT_EXPANSIONS:
+            raise ValueError(f"prompt_expansion must be one of {PROMPT_EXPANSIONS}, got {self.prompt_expansion!r}")
 
     def llm_config(self) -> Qwen2Config:
         kwargs = {"attn_implementation": "sdpa", **self.llm}
@@ -251,6 +259,8 @@ def tiny(vocab_size: int = 1024) -> HydraConfig:
         flow_prediction="v",
         flow_time_loc=1.5,
         default_guidance=5.0,
+        # Trained on dense captions too, it draws a short prompt far better once expanded (the model card).
+        prompt_expansion="shapesworld",
         llm=_qwen25(hidden=256, layers=4, heads=4, kv_heads=2, ffn=768, vocab=vocab_size, tie=True)
         | {"max_position_embeddings": 512},
         flow_head_width=256,

@@ -28,6 +28,7 @@ from transformers.generation.logits_process import TemperatureLogitsWarper, TopP
 from .config import EOS_TOKEN, NULL_TOKEN
 from .data.images import to_ubyte
 from .eval.metrics import psnr, ssim
+from .prompts import expand_prompt
 from .sampling import sample_flow
 from .text import expand_images, generation_text, render_chat
 from .unified import HydraModel
@@ -52,6 +53,7 @@ class GenerationOutput:
     images: list[Image.Image]
     latents: torch.Tensor  # [B, N, C]
     seeds: list[int]
+    prompts: list[str] = field(default_factory=list)  # the text each image was generated from (expanded or as typed)
     # With return_trajectory: per step, {"t": time reached, "latent": the latent after the step,
     # "x0": the model's clean estimate at that step}, latents [B, N, C] in the GSB's scale.
     trajectory: list[dict[str, torch.Tensor | float]] = field(default_factory=list)
@@ -384,10 +386,13 @@ class HydraPipeline:
     def generate(self, prompt: str, num_images: int = 1, steps: int | None = None, guidance: float | None = None,
                  seed: int = 0, decoder_steps: int | None = None, return_trajectory: bool = False,
                  progress: ProgressFn | None = None, on_step: StepFn | None = None,
-                 init_latents: torch.Tensor | None = None, strength: float = 1.0) -> GenerationOutput:
+                 init_latents: torch.Tensor | None = None, strength: float = 1.0,
+                 expand: bool | None = None) -> GenerationOutput:
         """Text -> images through the flow head, with classifier-free guidance against the null prompt.
 
-        1. Tokenise the prompt and the null prompt; prefill both once (their KV cache serves every step).
+        0. With `expand` (default: the checkpoint's `prompt_expansion` is not "none"), rewrite the prompt per
+           image (hydra_core.prompts.expand_prompt, seeded by the image's seed); `prompts` in the output.
+        1. Tokenise the prompts and the null prompt; prefill both once (their KV cache serves every step).
         2. Draw each image's noise from its own seed.
         3. Integrate the flow in the normalised latent space; v = v_null + g * (v_cond - v_null).
         4. Denormalise and decode with the pixel flow decoder.
@@ -413,8 +418,13 @@ class HydraPipeline:
         seeds = [int(seed) + k for k in range(num_images)]
         generators = [torch.Generator().manual_seed(s) for s in seeds]
 
+        if expand is None:
+            expand = self.config.prompt_expansion != "none"
+        elif not isinstance(expand, bool):
+            raise ValueError(f"expand must be true or false, got {type(expand).__name__}")
+        prompts = [(expand_prompt(prompt, s) if expand else None) or prompt for s in seeds]
         use_cfg = guidance != 1.0
-        texts = [generation_text(self.tokenizer, prompt)] * num_images
+        texts = [generation_text(self.tokenizer, p) for p in prompts]
         if use_cfg:
             texts += [generation_text(self.tokenizer, NULL_TOKEN)] * num_images
         enc = self.tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(self.device)
@@ -449,7 +459,7 @@ class HydraPipeline:
         z0 = sample_flow(velocity, noise, steps, shift=self.config.time_shift, callback=after_step, start=strength)
         latents = model.denormalize(z0).float()
         images = self.decode(latents, steps=decoder_steps, noise=decoder_noise)
-        return GenerationOutput(images=images, latents=latents.cpu(), seeds=seeds, trajectory=trajectory,
+        return GenerationOutput(images=images, latents=latents.cpu(), seeds=seeds, prompts=prompts, trajectory=trajectory,
                                 seconds=time.perf_counter() - start)
 
     # ------------------------------------------------------------------ reconstruction

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Iterable
 
 from .data import shapesworld as sw
+from .prompts import mentions, relation_between
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -23,10 +24,6 @@ if TYPE_CHECKING:
     from .pipeline import HydraPipeline
 
 ANSWER_TOKENS = 6  # one-word answers: a few tokens are enough
-_COUNTS = {"a": 1, "an": 1, **{word: n for n, word in enumerate(sw.NUMBER_WORDS)}}
-_MENTION = re.compile(
-    rf"\b(?:(?P<count>{'|'.join(_COUNTS)})\s+)?(?:(?:{'|'.join(sw.SIZES)})\s+)?"
-    rf"(?:(?P<color>{'|'.join(sw.COLORS)})\s+)?(?P<shape>{'|'.join(sw.SHAPES)})(?P<plural>s)?\b")
 
 
 @dataclass(frozen=True)
@@ -46,24 +43,6 @@ class Answer:
         return self.answer == self.expected
 
 
-@dataclass(frozen=True)
-class Mention:
-    count: int
-    color: str | None
-    shape: str
-    start: int
-    end: int
-
-
-def mentions(prompt: str) -> list[Mention]:
-    """The objects a prompt names, in order: count (from "a", "two", or a plural), colour, shape."""
-    found = []
-    for m in _MENTION.finditer(prompt.lower()):
-        count = _COUNTS.get(m["count"] or "", 2 if m["plural"] else 1)
-        found.append(Mention(count, m["color"], m["shape"], m.start(), m.end()))
-    return found
-
-
 def prompt_checks(prompt: str) -> list[Check]:
     """The questions (in the templates the model was trained on, `shapesworld.qa_pairs`) whose answers
     the prompt fixes."""
@@ -79,8 +58,7 @@ def prompt_checks(prompt: str) -> list[Check]:
             if alone:
                 checks.append(Check(f"what color is the {m.shape}?", m.color))
     for a, b in zip(named, named[1:]):  # "a red circle left of a blue star"
-        between = prompt.lower()[a.end:b.start]
-        relation = next((r for r in sw.RELATIONS if re.search(rf"\b{r}\b", between)), None)
+        relation = relation_between(prompt, a, b)
         if relation and a.color and b.color and a.count == b.count == 1:
             checks.append(Check(f"is the {a.color} {a.shape} {relation} the {b.color} {b.shape}?", "yes"))
     return list(dict.fromkeys(checks))  # drop repeats, keep order

@@ -26,7 +26,8 @@ def device_functions(pipe) -> SimpleNamespace:
     """
 
     @spaces.GPU
-    def generate_stream(prompt, num_images, steps, guidance, seed, decoder_steps, previews, progress=None):
+    def generate_stream(prompt, num_images, steps, guidance, seed, decoder_steps, previews, progress=None,
+                        expand=None):
         """pipe.generate (with its trajectory), yielding ("preview", step, steps, images) `previews` times
         along the flow (the clean estimate at that step, decoded with PREVIEW_DECODER_STEPS), then ("done",
         GenerationOutput). Closing the generator (the page's Stop) ends the run at the next flow step."""
@@ -49,7 +50,7 @@ def device_functions(pipe) -> SimpleNamespace:
             try:
                 updates.put(("done", pipe.generate(prompt, num_images=num_images, steps=steps, guidance=guidance,
                                                    seed=seed, decoder_steps=decoder_steps, return_trajectory=True,
-                                                   progress=report, on_step=on_step)))
+                                                   progress=report, on_step=on_step, expand=expand)))
             except BaseException as error:  # handed to the caller's thread, raised there
                 updates.put(("error", error))
 

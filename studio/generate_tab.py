@@ -59,8 +59,8 @@ def self_check_markdown(prompt: str, seeds: list[int], results: list) -> str:
 class GenerateTab(Tab):
     @guarded("generate")
     def generate(self, prompt: str, num_images: int, steps: int, guidance: float, seed: int,
-                 randomize_seed: bool, decoder_steps: int, progress=gr.Progress(),
-                 request: gr.Request = None):
+                 randomize_seed: bool, decoder_steps: int, expand_prompt: bool | None = None,
+                 progress=gr.Progress(), request: gr.Request = None):
         """Generate 1-4 images from a text prompt with HYDRA's flow-matching head (ShapesWorld vocabulary for
         the bundled model: circle, square, triangle, star; red, yellow, green, cyan, blue, purple).
 
@@ -74,17 +74,21 @@ class GenerateTab(Tab):
             seed: base seed, used when randomize_seed is false.
             randomize_seed: draw a random base seed instead of using `seed`.
             decoder_steps: Euler steps of the pixel flow decoder (1-50).
+            expand_prompt: rewrite a short prompt per image into the dense caption of a random scene that
+                satisfies it (hydra_core.prompts; default: the checkpoint's setting, on for HYDRA-Tiny).
 
         Returns:
-            the images (captions "seed k"), the base seed used, and the run details.
+            the images (captions "seed k"), the base seed used, and the run details ("generated_from": the
+            text each image was generated from).
         """
         num_images, steps, guidance, decoder_steps = checked(num_images=num_images, steps=steps, guidance=guidance,
                                                              decoder_steps=decoder_steps)
         seed = random.randint(0, MAX_SEED) if checked_flag("randomize_seed", randomize_seed) else checked(seed=seed)[0]
+        expand = None if expand_prompt is None else checked_flag("expand_prompt", expand_prompt)
         start = time.perf_counter()
         out = None
         for kind, *rest in self.device.generate_stream(prompt, num_images, steps, guidance, seed, decoder_steps,
-                                                       LIVE_PREVIEWS, progress):
+                                                       LIVE_PREVIEWS, progress, expand):
             if kind == "preview":
                 step, total, images = rest
                 yield ([(image, f"seed {seed + k} · preview at step {step}/{total}") for k, image in enumerate(images)],
@@ -93,8 +97,8 @@ class GenerateTab(Tab):
                 out = rest[0]
         self.record(request, "generate", time.perf_counter() - start)
         gallery = [(image, f"seed {s}") for image, s in zip(out.images, out.seeds)]
-        details = {"prompt": prompt, "seeds": out.seeds, "steps": steps, "guidance": guidance,
-                   "decoder_steps": decoder_steps, "seconds": round(out.seconds, 3)}
+        details = {"prompt": prompt, "generated_from": out.prompts, "seeds": out.seeds, "steps": steps,
+                   "guidance": guidance, "decoder_steps": decoder_steps, "seconds": round(out.seconds, 3)}
         state = {"images": out.images, "latents": out.latents, "seeds": out.seeds, "details": details,
                  "trajectory": torch.stack([step["latent"] for step in out.trajectory]),  # [S, B, N, C]
                  "x0": torch.stack([step["x0"] for step in out.trajectory]),  # clean estimates [S, B, N, C]
@@ -152,7 +156,10 @@ class GenerateTab(Tab):
         if not state:
             return [0, *LatentPanel.empty("Generate an image to see its latent."), *self.trajectory_empty()]
         seed, details = state["seeds"][index], state["details"]
-        panel = self.panel(state["latents"][index], f"Generated image {index + 1} (seed {seed})",
+        drawn_from = details["generated_from"][index]
+        title = f"Generated image {index + 1} (seed {seed})" + (
+            f", drawn from the expanded prompt “{drawn_from}”" if drawn_from != details["prompt"] else "")
+        panel = self.panel(state["latents"][index], title,
                            f"hydra_generate_seed{seed}", source="generate", prompt=details["prompt"], seed=seed,
                            steps=details["steps"], guidance=details["guidance"])
         last = state["trajectory"].shape[0]
@@ -228,6 +235,10 @@ def build(h: GenerateTab, states: SimpleNamespace, refresh: Refresh) -> None:
                 guidance = number_slider("guidance", config.default_guidance, 0.1, "Guidance (classifier-free; 1 = off)")
                 decoder_steps = number_slider("decoder_steps", config.tokenizer.decoder_steps, 1, "Pixel decoder steps",
                                        elem_id="decoder-steps")
+                expand = gr.Checkbox(config.prompt_expansion != "none", elem_id="expand-prompt",
+                                     label="Expand the prompt (fill in what it leaves open: colours, sizes, places)",
+                                     info="A short prompt becomes, per image, the dense caption of a random scene "
+                                          "that satisfies it; the latent panel shows the text each image was drawn from.")
                 with gr.Row():
                     seed = seed_box("Seed", elem_id="seed")
                     randomize = gr.Checkbox(True, label="Randomize seed", elem_id="randomize-seed")
@@ -238,7 +249,7 @@ def build(h: GenerateTab, states: SimpleNamespace, refresh: Refresh) -> None:
             self_check = gr.Markdown(SELF_CHECK_EMPTY, elem_id="self-check")
             with gr.Accordion("Run details", open=False):
                 details = gr.JSON(label="Run details", open=True)
-    inputs = [prompt, num_images, steps, guidance, seed, randomize, decoder_steps]
+    inputs = [prompt, num_images, steps, guidance, seed, randomize, decoder_steps, expand]
     # An example sets only the prompt: the seed box and "Randomize seed" keep what the user chose.
     examples = gr.Examples([[p] for p in PROMPT_EXAMPLES], inputs=[prompt], outputs=[gallery, details],
                            fn=h.generate_example, cache_examples=True, cache_mode="lazy",
@@ -266,9 +277,11 @@ def build(h: GenerateTab, states: SimpleNamespace, refresh: Refresh) -> None:
     event = gr.on([button.click, prompt.submit], h.generate, inputs=inputs, outputs=outputs, api_name="generate",
                   show_progress="minimal", **MODEL_QUEUE,
                   api_description="Text to 1-4 images; image k uses seed + k. randomize_seed defaults to True: "
-                  "pass randomize_seed=False to use `seed`. Streams previews (the clean estimate along the flow, "
-                  "captions 'seed k · preview at step i/n'), then returns the gallery (captions 'seed k'), the "
-                  "base seed used and the run details (seeds, steps, guidance, seconds).")
+                  "pass randomize_seed=False to use `seed`. expand_prompt (default: the model's setting) rewrites "
+                  "a short prompt per image into the dense caption of a random scene that satisfies it. Streams "
+                  "previews (the clean estimate along the flow, captions 'seed k · preview at step i/n'), then "
+                  "returns the gallery (captions 'seed k'), the base seed used and the run details (the text each "
+                  "image was generated from, seeds, steps, guidance, seconds).")
     settle(event, outputs)
     stop.click(None, cancels=[event], queue=False, api_visibility="private")
     shown = settle(event.success(h.show_generated, [states.gen], selection, api_visibility="private"), selection)

@@ -68,6 +68,17 @@ def test_generate_returns_images_and_per_image_seeds(client, tiny_pipeline):
         assert pixels(item["image"]).shape == (size, size, 3)
 
 
+def test_generate_reports_the_text_each_image_was_drawn_from(client):
+    from hydra_core.prompts import expand_prompt
+
+    _, _, details = generate(client, seed=4, num_images=2)  # the tiny config expands prompts by default
+    assert details["generated_from"] == [expand_prompt("a photo of a red circle", s) for s in (4, 5)]
+    _, _, details = generate(client, seed=4, num_images=2, expand_prompt=False)
+    assert details["generated_from"] == ["a photo of a red circle"] * 2
+    _, _, details = generate(client, seed=4, prompt="a red circle at the top left")
+    assert details["generated_from"] == ["a red circle at the top left"]  # a place: left as typed
+
+
 def test_same_seed_gives_the_same_image(client):
     first, _, _ = generate(client, seed=7)
     second, _, _ = generate(client, seed=7)
@@ -213,6 +224,7 @@ def test_uploads_over_the_limit_are_refused_before_decoding(client, served_app, 
     ("/generate", {"decoder_steps": [2]}, "decoder_steps must be a whole number from 1 to 50, got list"),
     ("/generate", {"seed": -5}, "seed must be a whole number from 0 to 2147483643, got -5"),
     ("/generate", {"randomize_seed": "yes"}, "randomize_seed must be true or false"),
+    ("/generate", {"expand_prompt": "yes"}, "expand_prompt must be true or false"),
     ("/generate", {"prompt": ""}, "the prompt is empty"),
     ("/generate", {"prompt": " \t\n "}, r"the prompt is empty \(only whitespace\)"),
     ("/generate", {"prompt": "x" * 5000}, "the prompt has 5,000 characters; at most 500 are accepted"),

@@ -17,6 +17,7 @@ from PIL import Image
 from hydra_core.data import shapesworld as sw
 from hydra_core.eval import evaluate, format_table, score_geneval
 from hydra_core.eval.suites import ONE_OBJECT_TAGS, accuracy_by, normalize_answer, read_prompts, swap_shapes, vqa_items
+from hydra_core.prompts import expand_prompt
 
 REPO = Path(__file__).resolve().parent.parent
 CUSTOM_PROMPTS = [
@@ -70,7 +71,13 @@ def test_evaluate_all_suites(tiny_pipeline):
     assert len(results["geneval_samples"]) == 6
     _check_accuracies(results["vqa"], sw.QTYPES, 6)
     assert [s["qtype"] for s in results["vqa_samples"]] == [*sw.QTYPES, "count"]
-    assert set(results["seconds"]) == {"recon", "geneval", "vqa", "conditioning"}
+    assert set(results["seconds"]) == {"recon", "geneval", "geneval_expanded", "vqa", "conditioning"}
+    # The same prompts and seeds, each generated from its expansion and judged against the prompt as typed.
+    _check_accuracies(results["geneval_expanded"], sw.TAGS, 6)
+    expanded = results["geneval_expanded_samples"]
+    assert [s["prompt"] for s in expanded] == [s["prompt"] for s in results["geneval_samples"]]
+    assert all(s["generated_from"] == expand_prompt(s["prompt"], 1 + i) for i, s in enumerate(expanded))
+    assert "self_check" not in results["geneval_expanded"] and "self_check" in results["geneval"]
     # Every score carries its input-blind control.
     for source in ("shapesworld", "photos"):
         assert results["recon"][source]["thumbnail_psnr"] > 10
@@ -187,3 +194,7 @@ def test_about_model_shows_each_score_beside_its_control(tiny_pipeline, tmp_path
         assert f"| {score:.3f} |" in row and "other shapes" in row
     assert "blank" in next(line for line in text.splitlines() if line.startswith("| VQA overall"))
     assert "shuffled prompts" in text
+    expanded_row = next(line for line in text.splitlines()
+                        if line.startswith("| GenEval overall, prompt expanded (the app's default)"))
+    assert f"| {results['geneval_expanded']['overall']:.3f} |" in expanded_row
+    assert f"mismatched prompt {results['geneval_expanded']['mismatched']['overall']:.3f}" in expanded_row

@@ -197,10 +197,10 @@ def _make_scene(rng: np.random.Generator, specs: list[tuple[str, str, str]], can
                  canvas=canvas)
 
 
-def _random_spec(rng: np.random.Generator, shape: str | None = None,
-                 color: str | None = None) -> tuple[str, str, str]:
+def _random_spec(rng: np.random.Generator, shape: str | None = None, color: str | None = None,
+                 obj_size: str | None = None) -> tuple[str, str, str]:
     return (shape or str(rng.choice(SHAPES)), color or str(rng.choice(list(COLORS))),
-            str(rng.choice(list(SIZES))))
+            obj_size or str(rng.choice(list(SIZES))))
 
 
 def sample_scene(rng: np.random.Generator, n_objects: int | None = None,
@@ -458,7 +458,8 @@ def sample_prompt(rng: np.random.Generator, tag: str | None = None) -> dict[str,
 
 def scene_for_prompt(meta: dict[str, Any], rng: np.random.Generator,
                      size: int = IMAGE_SIZE) -> Scene:
-    """A random scene holding exactly the objects the prompt names."""
+    """A random scene holding exactly the objects the prompt names, of an entry's "size" where it gives one
+    (unless no layout fits: `_place` then shrinks large objects)."""
     specs: list[tuple[str, str, str]] = []
     first: list[int] = []  # index of the first object of each include entry
     relation = None
@@ -468,7 +469,7 @@ def scene_for_prompt(meta: dict[str, Any], rng: np.random.Generator,
             rel, target = req["position"]
             relation = (len(specs), rel, first[int(target)])
         for _ in range(int(req["count"])):
-            specs.append(_random_spec(rng, req["class"], req.get("color")))
+            specs.append(_random_spec(rng, req["class"], req.get("color"), req.get("size")))
     scene = _make_scene(rng, specs, size, relation)
     if not scene_satisfies(scene, meta):  # safety net; should not happen
         raise RuntimeError(f"generated scene does not satisfy {meta.get('prompt', meta)!r}")

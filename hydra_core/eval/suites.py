@@ -5,10 +5,13 @@
 * geneval  one image per GenEval prompt (drawn round-robin over the six tags, or read from a
            GenEval metadata .jsonl), judged by the pixel-only ShapesWorld oracle; accuracy per tag,
            `overall` = mean over the tags present (as GenEval averages).
-* vqa      one-word questions about held-out scenes, answered greedily; accuracy per question type
-           and over all questions.
            Beside it, the app's self-check (hydra_core.selfcheck: the model answers the questions each
            prompt implies about its own image) scored by how often its verdict equals the oracle's.
+* geneval_expanded  the same prompts and seeds, each rewritten first by the pipeline's prompt expansion
+           (hydra_core.prompts: the dense caption of a random scene satisfying the prompt), as the app
+           generates by default; judged against the prompt as typed.
+* vqa      one-word questions about held-out scenes, answered greedily; accuracy per question type
+           and over all questions.
 * conditioning  the flow loss on held-out (GenEval prompt, scene) pairs with the right prompts, the
            same prompts shuffled and the null prompt, at fixed times and noise: whether generation
            listens to its prompt at all, independent of how good the decoder is.
@@ -29,6 +32,8 @@ Result (also the CLI's JSON): {"checkpoint", "seed", "limit", "steps",
               "self_check": {"agreement_with_oracle", "says_agrees", "majority", "n"}},
   "geneval_samples": [{prompt, tag, correct, reason, mismatched_prompt, mismatched_correct, shape_swapped_correct,
                        self_check, self_check_answers: [[question, expected, answer]]}],
+  "geneval_expanded": as "geneval" without "self_check"; "geneval_expanded_samples": as "geneval_samples" with
+                       "generated_from" (the expanded prompt) instead of the self-check,
   "vqa": {<qtype>: acc for the types present, "overall", "n",
           "other_image" | "blank_image" | "majority": {<qtype>..., "overall"}},
   "vqa_samples": [{question, answer, qtype, reply, correct, other_reply, blank_reply}],
@@ -59,7 +64,7 @@ from .metrics import psnr, ssim
 if TYPE_CHECKING:
     from ..pipeline import HydraPipeline
 
-SUITES = ("recon", "geneval", "vqa", "conditioning")
+SUITES = ("recon", "geneval", "geneval_expanded", "vqa", "conditioning")
 DEFAULT_LIMIT = 60
 EVAL_STREAM = 1_000_003  # second entry of every evaluation seed key
 _STREAMS = {"recon": 1, "geneval": 2, "vqa": 3, "conditioning": 4, "noise_levels": 5}  # third entry (non-zero: SeedSequence ignores trailing zeros)
@@ -211,12 +216,20 @@ def score_geneval(images: Iterable, metas: list[dict[str, Any]]) -> tuple[dict[s
 
 
 def run_geneval(pipe: "HydraPipeline", limit: int, seed: int, steps: int | None = None,
-                prompts_file: str | Path | None = None) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+                prompts_file: str | Path | None = None,
+                expand: bool = False) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """expand=False: every image from its prompt as typed (and the self-check scored); True: from the prompt
+    rewritten by the pipeline's prompt expansion, as the app generates by default (samples: "generated_from")."""
     metas = read_prompts(prompts_file, limit) if prompts_file else sample_prompts(limit, seed)
-    images = [pipe.generate(m["prompt"], num_images=1, steps=steps, decoder_steps=steps, seed=seed + i).images[0]
-              for i, m in enumerate(metas)]
+    outputs = [pipe.generate(m["prompt"], num_images=1, steps=steps, decoder_steps=steps, seed=seed + i,
+                             expand=expand) for i, m in enumerate(metas)]
+    images = [out.images[0] for out in outputs]
     summary, samples = score_geneval(images, metas)
-    summary["self_check"] = score_self_check(pipe, images, samples)
+    if expand:
+        for sample, out in zip(samples, outputs):
+            sample["generated_from"] = out.prompts[0]
+    else:
+        summary["self_check"] = score_self_check(pipe, images, samples)
     return summary, samples
 
 
@@ -350,6 +363,7 @@ def evaluate(pipe: "HydraPipeline", suites: Iterable[str] = SUITES, limit: int =
     runners = {
         "recon": lambda: run_recon(pipe, limit, seed, steps, images_dir),
         "geneval": lambda: run_geneval(pipe, limit, seed, steps, prompts_file),
+        "geneval_expanded": lambda: run_geneval(pipe, limit, seed, steps, prompts_file, expand=True),
         "vqa": lambda: run_vqa(pipe, limit, seed),
         "conditioning": lambda: run_conditioning(pipe, limit, seed),
     }
@@ -373,7 +387,7 @@ def _fmt(value: Any) -> str:
     return "-" if value is None else f"{value:.3f}" if isinstance(value, float) else str(value)
 
 
-CONTROLS = {"geneval": ("mismatched", "shape_swapped"), "vqa": ("other_image", "blank_image", "majority")}
+CONTROLS = {"geneval": ("mismatched", "shape_swapped"), "geneval_expanded": ("mismatched", "shape_swapped"), "vqa": ("other_image", "blank_image", "majority")}
 
 
 def format_table(results: dict[str, Any]) -> str:
@@ -383,7 +397,7 @@ def format_table(results: dict[str, Any]) -> str:
         rows.append(("recon", f"{name} psnr", _fmt(scores["psnr"]), f"thumbnail {_fmt(scores.get('thumbnail_psnr'))}",
                      str(scores["n"])))
         rows.append(("recon", f"{name} ssim", _fmt(scores["ssim"]), "", ""))
-    for suite in ("geneval", "vqa"):
+    for suite in ("geneval", "geneval_expanded", "vqa"):
         block = results.get(suite, {})
         for key, value in block.items():
             if key == "n" or isinstance(value, dict):
