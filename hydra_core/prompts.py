@@ -7,9 +7,9 @@ Prompt expansion is a prompt rewriter (as BAGEL and DALL-E 3 put an LLM before t
 here a rule-based one for ShapesWorld's grammar: a short prompt ("a photo of a circle") leaves most
 of a scene open (colour, size, place, background), and a small generator asked for everything at
 once tends to average the open choices into an empty or muddy image. The expander makes those
-choices itself, with a seeded random scene that satisfies the prompt, and writes it as the dense
-caption the model was also trained on ("a large cyan circle at the top right, on a plain mist
-background"). It never drops a word: a prompt with anything outside the grammar it reads (a place, a
+choices itself, with a seeded random scene that satisfies the prompt (objects large where the prompt
+names no size and they fit, which the tiny model draws best), and writes it as the dense caption the
+model was also trained on ("a large cyan circle at the top right, on a plain mist background"). It never drops a word: a prompt with anything outside the grammar it reads (a place, a
 background, an unknown word) is left as typed.
 """
 
@@ -89,14 +89,18 @@ def prompt_metadata(prompt: str) -> dict[str, Any] | None:
 
 
 def expansion_scene(prompt: str, seed: int) -> sw.Scene | None:
-    """A random scene (drawn from `seed`) holding what `prompt` names, with the sizes it names; None when
-    `prompt_metadata` does not read the prompt or no layout keeps its sizes."""
+    """A random scene (drawn from `seed`) holding what `prompt` names, with the sizes it names (large where it
+    names none and the objects fit); None when `prompt_metadata` does not read the prompt or no layout keeps
+    the sizes it names."""
     meta = prompt_metadata(prompt)
     if meta is None:
         return None
+    # Sizes the prompt leaves open are drawn large (shrunk where no layout fits): the tiny model draws a large
+    # object right far more often (GenEval-style 0.45 against 0.35 with random sizes, 120 prompts, the card).
+    preferred = {**meta, "include": [{"size": "large", **req} for req in meta["include"]]}
     for attempt in range(LAYOUT_ATTEMPTS):
         try:
-            scene = sw.scene_for_prompt(meta, np.random.default_rng([int(seed), 7, attempt]))
+            scene = sw.scene_for_prompt(preferred, np.random.default_rng([int(seed), 7, attempt]))
         except RuntimeError:  # no layout found for these objects
             continue
         if all(_kept(scene, req) for req in meta["include"]):
