@@ -459,8 +459,8 @@ class HydraPipeline:
         z0 = sample_flow(velocity, noise, steps, shift=self.config.time_shift, callback=after_step, start=strength)
         latents = model.denormalize(z0).float()
         images = self.decode(latents, steps=decoder_steps, noise=decoder_noise)
-        return GenerationOutput(images=images, latents=latents.cpu(), seeds=seeds, prompts=prompts, trajectory=trajectory,
-                                seconds=time.perf_counter() - start)
+        return GenerationOutput(images=images, latents=latents.cpu(), seeds=seeds, prompts=prompts,
+                                trajectory=trajectory, seconds=time.perf_counter() - start)
 
     # ------------------------------------------------------------------ reconstruction
     @torch.no_grad()

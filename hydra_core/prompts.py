@@ -9,8 +9,9 @@ of a scene open (colour, size, place, background), and a small generator asked f
 once tends to average the open choices into an empty or muddy image. The expander makes those
 choices itself, with a seeded random scene that satisfies the prompt (objects large where the prompt
 names no size and they fit, which the tiny model draws best), and writes it as the dense caption the
-model was also trained on ("a large cyan circle at the top right, on a plain mist background"). It never drops a word: a prompt with anything outside the grammar it reads (a place, a
-background, an unknown word) is left as typed.
+model was also trained on ("a large cyan circle at the top right, on a plain mist background"). It
+never drops a word: a prompt with anything outside the grammar it reads (a place, a background, an
+unknown word) is left as typed.
 """
 
 from __future__ import annotations
@@ -27,8 +28,8 @@ _COUNTS = {"a": 1, "an": 1, **{word: n for n, word in enumerate(sw.NUMBER_WORDS)
 _MENTION = re.compile(
     rf"\b(?:(?P<count>{'|'.join(_COUNTS)})\s+)?(?:(?P<size>{'|'.join(sw.SIZES)})\s+)?"
     rf"(?:(?P<color>{'|'.join(sw.COLORS)})\s+)?(?P<shape>{'|'.join(sw.SHAPES)})(?P<plural>s)?\b")
-# Words a prompt may hold besides its objects and one relation and still be expanded.
 LAYOUT_ATTEMPTS = 8  # scenes drawn before giving up on a prompt whose named sizes do not fit
+# Words a prompt may hold besides its objects and one relation and still be expanded.
 _FILLER = frozenset("a an the photo picture image drawing of and with there is are draw show me please".split())
 
 
@@ -65,7 +66,7 @@ def prompt_metadata(prompt: str) -> dict[str, Any] | None:
     named = mentions(text)
     if not named or sum(m.count for m in named) > sw.MAX_OBJECTS or any(m.count < 1 for m in named):
         return None
-    relations = [(i, r) for i, (a, b) in enumerate(zip(named, named[1:])) if (r := relation_between(text, a, b))]
+    relations = [r for a, b in zip(named, named[1:]) if (r := relation_between(text, a, b))]
     if len(relations) > 1 or (relations and (len(named) != 2 or named[0].count != 1 or named[1].count != 1)):
         return None
     rest = text
@@ -82,7 +83,7 @@ def prompt_metadata(prompt: str) -> dict[str, Any] | None:
 
     if relations:  # scene_for_prompt places the related object after the one it relates to
         a, b = named
-        include = [entry(b), entry(a) | {"position": [relations[0][1], 0]}]
+        include = [entry(b), entry(a) | {"position": [relations[0], 0]}]
     else:
         include = [entry(m) for m in named]
     return {"prompt": prompt, "include": include}

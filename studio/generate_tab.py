@@ -239,8 +239,9 @@ def build(h: GenerateTab, states: SimpleNamespace, refresh: Refresh) -> None:
                                        elem_id="decoder-steps")
                 expand = gr.Checkbox(config.prompt_expansion != "none", elem_id="expand-prompt",
                                      label="Expand the prompt (fill in what it leaves open: colours, sizes, places)",
-                                     info="A short prompt becomes, per image, the dense caption of a random scene "
-                                          "that satisfies it; the latent panel shows the text each image was drawn from.")
+                                     info="A short prompt becomes, per image, the dense caption of a random "
+                                          "scene that satisfies it; the latent panel shows the text each image "
+                                          "was drawn from.")
                 with gr.Row():
                     seed = seed_box("Seed", elem_id="seed")
                     randomize = gr.Checkbox(True, label="Randomize seed", elem_id="randomize-seed")

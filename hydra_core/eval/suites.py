@@ -387,7 +387,8 @@ def _fmt(value: Any) -> str:
     return "-" if value is None else f"{value:.3f}" if isinstance(value, float) else str(value)
 
 
-CONTROLS = {"geneval": ("mismatched", "shape_swapped"), "geneval_expanded": ("mismatched", "shape_swapped"), "vqa": ("other_image", "blank_image", "majority")}
+CONTROLS = {"geneval": ("mismatched", "shape_swapped"), "geneval_expanded": ("mismatched", "shape_swapped"),
+            "vqa": ("other_image", "blank_image", "majority")}
 
 
 def format_table(results: dict[str, Any]) -> str:
