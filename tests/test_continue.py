@@ -71,6 +71,9 @@ def test_a_continuation_can_whiten_the_flow_space_add_image_positions_and_the_fl
 
 def test_a_continuation_can_refine_the_decoder_alone_at_a_given_learning_rate(tiny_checkpoint, tmp_path, small_build):
     out = tmp_path / "out"
+    # A stage II run beside it, sharing the work folder: its log is not this checkpoint's history.
+    (tmp_path / "work" / "umm2").mkdir(parents=True)
+    (tmp_path / "work" / "umm2" / "log.jsonl").write_text('{"step": 50, "loss": 0.3, "sec_per_step": 1.7}\n')
     build.main(["--init-from", str(tiny_checkpoint), "--stages", "tok2", "--steps", "tok2=3", "--lr", "decoder=5e-4",
                 "--work", str(tmp_path / "work"), "--out", str(out), "--pool-size", "24", "--eval-limit", "0"])
 

@@ -123,6 +123,7 @@ class Builder:
         self.image_positions = image_positions  # add image position embeddings to a checkpoint without them
         self.flow_latent_input = flow_latent_input  # give the flow head the noisy-latent skip (unified/flow_head.py)
         self.save_every = save_every
+        self.trained_stages: tuple[str, ...] = ()  # what build() ran: the segment record reads only their logs
         self.state = PartialState(cpu=not torch.cuda.is_available())
         self.device = self.state.device
         if self.device.type == "cuda":
@@ -498,6 +499,7 @@ class Builder:
             order = ("latents", *stages)
         else:
             order = BUILD_ORDER
+        self.trained_stages = tuple(order)
         for stage in order:
             start = time.perf_counter()
             if stage == "latents":
@@ -535,7 +537,7 @@ class Builder:
                 "seed": self.seed, "date": time.strftime("%Y-%m-%d"),
                 "machine": f"{os.cpu_count()}-core {platform.machine()} CPU, "
                            + ("GPU " + torch.cuda.get_device_name() if torch.cuda.is_available() else "no GPU"),
-                "batch": dict(BATCH), "stages": read_stage_logs(self.work), **notes}
+                "batch": dict(BATCH), "stages": read_stage_logs(self.work, self.trained_stages), **notes}
 
     def write_segments(self, command: str) -> list[dict]:
         segments = self.earlier_segments + [self.segment(command)]
