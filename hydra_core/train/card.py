@@ -13,7 +13,7 @@ from .stages import STAGES
 STAGE_ORDER = ("teacher", "text", "tok1", "tok2", "umm1", "umm2", "umm3")
 
 
-def read_stage_logs(work: Path, trained: tuple[str, ...] = STAGE_ORDER) -> dict[str, dict]:
+def read_stage_logs(work: Path, trained: tuple[str, ...]) -> dict[str, dict]:
     """Per stage of `trained` that has a log under `work`: steps, minutes, final losses and last held-out
     measures (robust to resumed runs: a record repeated after a resume is counted once). A work folder
     shared by side-by-side runs holds other stages' logs too, so a run names the stages it trained."""
