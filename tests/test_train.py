@@ -116,3 +116,30 @@ def test_flow_time_loc_is_refused_without_a_checkpoint_to_continue(capsys):
     with pytest.raises(SystemExit):
         build.main(["--flow-time-loc", "0", "--work", "unused", "--out", "unused"])
     assert "--init-from" in capsys.readouterr().err
+
+
+def test_the_types_mix_draws_question_types_evenly_and_the_default_mix_does_not():
+    import collections
+
+    import numpy as np
+
+    from hydra_core.data import shapesworld as sw
+    from hydra_core.train import data
+
+    scenes = [sw.sample_scene(np.random.default_rng(i)) for i in range(600)]
+    shares = {}
+    for mix in data.QA_MIXES:
+        rng, counts = np.random.default_rng(0), collections.Counter()
+        for scene in scenes:
+            picked = data.pick_questions(sw.qa_pairs(scene, rng), rng, mix)
+            assert 1 <= len(picked) <= 3
+            if mix == "types":
+                assert len({qa.qtype for qa in picked}) == len(picked)  # one question per type per image
+            counts.update(qa.qtype for qa in picked)
+        shares[mix] = {t: counts[t] / sum(counts.values()) for t in sw.QTYPES}
+    # Drawn per question, counting (3 of a scene's 8 questions) outweighs colour and relation (1 each)
+    # by about 3 to 1; drawn per type, every type that a scene can be asked about weighs about the same.
+    assert shares["questions"]["count"] > 3 * shares["questions"]["relation"]
+    assert shares["questions"]["color"] < 0.14
+    assert all(0.17 < shares["types"][t] < 0.25 for t in ("count", "color", "shape", "exist"))
+    assert shares["types"]["relation"] > 0.13  # scenes of one object have no relation to ask about

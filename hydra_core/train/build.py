@@ -116,8 +116,10 @@ class Builder:
 
     def __init__(self, work: Path, out: Path, scale: float, seed: int, pool_size: int, init_from: Path | None = None,
                  workers: int = 1, save_every: int = 50, whiten: bool = False, image_positions: bool = False,
-                 teacher_loss: str = DEFAULT_TEACHER_LOSS, flow_latent_input: bool = False):
+                 teacher_loss: str = DEFAULT_TEACHER_LOSS, flow_latent_input: bool = False,
+                 qa_mix: str = "questions"):
         self.work, self.out, self.scale, self.seed, self.init_from = work, out, scale, seed, init_from
+        self.qa_mix = qa_mix  # data.QA_MIXES: how the unified stages draw an image's questions
         self.teacher_loss = teacher_loss  # TEACHER_LOSSES
         self.whiten = whiten  # latent_norm "pca": the flow generates in whitened latents (unified/latent_norm.py)
         self.image_positions = image_positions  # add image position embeddings to a checkpoint without them
@@ -415,7 +417,8 @@ class Builder:
             out, total = {}, 0.0
             ntp_terms = []
             if n_und:
-                b = self._share(data.understanding_batch(self.tokenizer, self.pool, rng, n_und, n_img, qa_share))
+                b = self._share(data.understanding_batch(self.tokenizer, self.pool, rng, n_und, n_img, qa_share,
+                                                         self.qa_mix))
                 ntp_terms.append((len(b["index"]), model.ntp_loss(b["input_ids"], b["attention_mask"], b["labels"],
                                                         latents[b["index"]])))
             if n_text:
@@ -630,6 +633,10 @@ def main(argv: list[str] | None = None) -> None:
                         help="the semantic teacher's per-token loss: 'balanced' (the default and the bundled model's: "
                              "background and object tokens weigh the same, so the teacher learns shapes) or 'mean' over "
                              "all tokens (most are background: the teacher learns colours and not shapes)")
+    parser.add_argument("--qa-mix", choices=data.QA_MIXES, default="questions",
+                        help="how the unified stages draw an image's 1-3 questions: 'questions' (the default, uniformly "
+                             "among the scene's questions: count 3 of 8, exist 2, colour, shape, relation 1 each) or "
+                             "'types' (uniformly among question types, the VQA suite's shares)")
     parser.add_argument("--semantic-noise", type=float, default=None, metavar="T",
                         help="building from nothing: train the tokenizer with Sem-ViT reading its latent noised to "
                              "t ~ U(0, T) (HydraTokConfig.semantic_noise; 0, the default, is the paper's clean latent)")
@@ -673,7 +680,7 @@ def main(argv: list[str] | None = None) -> None:
     builder = Builder(args.work, args.out, args.scale, args.seed, args.pool_size, args.init_from,
                       workers=args.workers, save_every=args.save_every, whiten=args.latent_norm == "pca",
                       image_positions=args.image_positions, teacher_loss=args.teacher_loss or DEFAULT_TEACHER_LOSS,
-                      flow_latent_input=args.flow_latent_input)
+                      flow_latent_input=args.flow_latent_input, qa_mix=args.qa_mix)
     if args.whiten_floor is not None:
         if args.latent_norm != "pca" or args.whiten_floor < 0:
             parser.error("--whiten-floor takes a number >= 0 and goes with --latent-norm pca")

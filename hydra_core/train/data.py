@@ -123,15 +123,34 @@ def encode_conversation(tokenizer: PreTrainedTokenizerFast, messages: list[dict]
     return ids, labels
 
 
-def understanding_conversation(pool: ScenePool, i: int, rng: np.random.Generator, kind: str) -> list[dict]:
-    """kind: "caption" (one turn) or "qa" (1-3 question turns)."""
+QA_MIXES = ("questions", "types")
+
+
+def pick_questions(qas: list[sw.QA], rng: np.random.Generator, mix: str) -> list[sw.QA]:
+    """1-3 of a scene's questions. "questions": uniformly among them, so each type weighs by how many
+    questions it has (count 3 of 8, exist 2, colour, shape and relation 1 each); "types": each turn a
+    different type drawn uniformly among the scene's, then one of its questions, the shares the VQA
+    suite scores."""
+    if mix == "questions":
+        picks = rng.permutation(len(qas))[: int(rng.integers(1, 4))]
+        return [qas[k] for k in picks]
+    types = sorted({qa.qtype for qa in qas}, key=sw.QTYPES.index)
+    chosen = [types[k] for k in rng.permutation(len(types))[: int(rng.integers(1, 4))]]
+    out = []
+    for qtype in chosen:
+        of_type = [qa for qa in qas if qa.qtype == qtype]
+        out.append(of_type[int(rng.integers(len(of_type)))])
+    return out
+
+
+def understanding_conversation(pool: ScenePool, i: int, rng: np.random.Generator, kind: str,
+                               qa_mix: str = "questions") -> list[dict]:
+    """kind: "caption" (one turn) or "qa" (1-3 question turns, drawn by `pick_questions`)."""
     scene = pool.scenes[i]
     if kind == "caption":
         turns = [(DESCRIBE[rng.integers(len(DESCRIBE))], sw.captions(scene, rng)[0])]
     else:
-        qas = sw.qa_pairs(scene, rng)
-        picks = rng.permutation(len(qas))[: int(rng.integers(1, 4))]
-        turns = [(qas[k].question, qas[k].answer) for k in picks]
+        turns = [(qa.question, qa.answer) for qa in pick_questions(sw.qa_pairs(scene, rng), rng, qa_mix)]
     messages = []
     for j, (question, answer) in enumerate(turns):
         content = [{"type": "image"}, {"type": "text", "text": question}] if j == 0 else question
@@ -144,12 +163,14 @@ def pad_right(rows: list[list[int]], value: int) -> torch.Tensor:
     return torch.tensor([r + [value] * (length - len(r)) for r in rows])
 
 
-def understanding_batch(tokenizer, pool: ScenePool, rng, batch: int, num_image_tokens: int, qa_share: float):
+def understanding_batch(tokenizer, pool: ScenePool, rng, batch: int, num_image_tokens: int, qa_share: float,
+                        qa_mix: str = "questions"):
     idx = rng.integers(0, len(pool.scenes), batch)
     rows, labels = [], []
     for i in idx:
         kind = "qa" if rng.random() < qa_share else "caption"
-        ids, lab = encode_conversation(tokenizer, understanding_conversation(pool, i, rng, kind), num_image_tokens)
+        messages = understanding_conversation(pool, i, rng, kind, qa_mix)
+        ids, lab = encode_conversation(tokenizer, messages, num_image_tokens)
         rows.append(ids)
         labels.append(lab)
     input_ids = pad_right(rows, tokenizer.pad_token_id)
