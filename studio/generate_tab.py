@@ -20,7 +20,7 @@ from .latent_panel import LatentPanel, Tab, latent_panel
 
 # Chosen from what the bundled model draws well, prompts expanded (the default): the asked colours and shapes
 # (and "above") in 8/8, 7/8, 8/8, 8/8, 8/8 and 8/8 images (seeds 0-7, pixel oracle), where "a photo of a red circle"
-# gives 4/8 (circles come out round but ragged along the token grid; the oracle reads half as squares or triangles).
+# gives 2/8 (circles come out round but ragged along the token grid; the oracle reads most as squares or triangles).
 PROMPT_EXAMPLES = (
     "a photo of a cyan square",
     "a photo of a blue star",
