@@ -117,7 +117,7 @@ class Builder:
     def __init__(self, work: Path, out: Path, scale: float, seed: int, pool_size: int, init_from: Path | None = None,
                  workers: int = 1, save_every: int = 50, whiten: bool = False, image_positions: bool = False,
                  teacher_loss: str = DEFAULT_TEACHER_LOSS, flow_latent_input: bool = False,
-                 qa_mix: str = "questions"):
+                 qa_mix: str = data.DEFAULT_QA_MIX):
         self.work, self.out, self.scale, self.seed, self.init_from = work, out, scale, seed, init_from
         self.qa_mix = qa_mix  # data.QA_MIXES: how the unified stages draw an image's questions
         self.teacher_loss = teacher_loss  # TEACHER_LOSSES
@@ -633,7 +633,7 @@ def main(argv: list[str] | None = None) -> None:
                         help="the semantic teacher's per-token loss: 'balanced' (the default and the bundled model's: "
                              "background and object tokens weigh the same, so the teacher learns shapes) or 'mean' over "
                              "all tokens (most are background: the teacher learns colours and not shapes)")
-    parser.add_argument("--qa-mix", choices=data.QA_MIXES, default="questions",
+    parser.add_argument("--qa-mix", choices=data.QA_MIXES, default=data.DEFAULT_QA_MIX,
                         help="how the unified stages draw an image's 1-3 questions: 'questions' (the default, uniformly "
                              "among the scene's questions: count 3 of 8, exist 2, colour, shape, relation 1 each) or "
                              "'types' (uniformly among question types, the VQA suite's shares)")

@@ -124,6 +124,7 @@ def encode_conversation(tokenizer: PreTrainedTokenizerFast, messages: list[dict]
 
 
 QA_MIXES = ("questions", "types")
+DEFAULT_QA_MIX = "questions"  # the recipe every segment before segment 11 trained with
 
 
 def pick_questions(qas: list[sw.QA], rng: np.random.Generator, mix: str) -> list[sw.QA]:
@@ -144,7 +145,7 @@ def pick_questions(qas: list[sw.QA], rng: np.random.Generator, mix: str) -> list
 
 
 def understanding_conversation(pool: ScenePool, i: int, rng: np.random.Generator, kind: str,
-                               qa_mix: str = "questions") -> list[dict]:
+                               qa_mix: str = DEFAULT_QA_MIX) -> list[dict]:
     """kind: "caption" (one turn) or "qa" (1-3 question turns, drawn by `pick_questions`)."""
     scene = pool.scenes[i]
     if kind == "caption":
@@ -164,7 +165,7 @@ def pad_right(rows: list[list[int]], value: int) -> torch.Tensor:
 
 
 def understanding_batch(tokenizer, pool: ScenePool, rng, batch: int, num_image_tokens: int, qa_share: float,
-                        qa_mix: str = "questions"):
+                        qa_mix: str = DEFAULT_QA_MIX):
     idx = rng.integers(0, len(pool.scenes), batch)
     rows, labels = [], []
     for i in idx:
