@@ -49,17 +49,21 @@ def test_a_continuation_trains_only_its_stage_and_the_card_records_every_segment
     assert any(k.startswith("llm.") for k in changed) and any(k.startswith("flow_head.") for k in changed)
 
 
-def test_a_continuation_can_whiten_the_flow_space_add_image_positions_and_the_flow_latent_skip(tiny_checkpoint, tmp_path, small_build):
+def test_a_continuation_can_whiten_the_flow_space_add_image_positions_the_flow_latent_skip_and_llm_layers(
+        tiny_checkpoint, tmp_path, small_build):
     from hydra_core.loading import load_pretrained
 
     out = tmp_path / "out"
     build.main(["--init-from", str(tiny_checkpoint), "--stages", "umm2", "--steps", "umm2=3", "--latent-norm", "pca",
-                "--whiten-floor", "0.002", "--image-positions", "--flow-latent-input", "--work", str(tmp_path / "work"), "--out", str(out), "--pool-size", "24",
+                "--whiten-floor", "0.002", "--image-positions", "--flow-latent-input", "--llm-layers", "6", "--work", str(tmp_path / "work"), "--out", str(out), "--pool-size", "24",
                 "--eval-limit", "0"])
     model = load_pretrained(out).model
     assert model.config.latent_norm == "pca" and model.config.image_position_embedding
     assert model.config.latent_whiten_floor == 0.002
     assert model.config.flow_head_latent_input and model.flow_head.latent_proj.weight.abs().max() > 0  # trained from 0
+    layers = model.llm.model.layers
+    assert len(layers) == model.config.llm["num_hidden_layers"] == 6
+    assert all(layer.mlp.down_proj.weight.any() for layer in layers)  # the new layers' zeroed outputs trained
     assert "--latent-norm pca" in json.loads((out / build.SEGMENTS_NAME).read_text())["segments"][-1]["command"]
     # The pool's latents, whitened: the largest directions at unit variance.
     pool = build.data.make_pool(24, 0)
@@ -90,3 +94,23 @@ def test_a_malformed_learning_rate_is_refused(item, capsys):
     with pytest.raises(SystemExit):
         build.main(["--lr", item, "--work", "unused", "--out", "unused"])
     assert "--lr takes GROUP=RATE" in capsys.readouterr().err
+
+
+def test_grown_layers_train_at_their_own_rate(tiny_model):
+    """--new-layer-lr: the layers grow_llm added leave the "llm" group for one at their own rate; nothing
+    else moves group, and no parameter is lost or doubled."""
+    import copy
+    from types import SimpleNamespace
+
+    from hydra_core.train.stages import configure_stage
+
+    model = copy.deepcopy(tiny_model)
+    new = model.grow_llm(6)
+    groups = configure_stage(model, STAGES["umm2"])
+    split = build.Builder._with_new_layer_rate(SimpleNamespace(new_layers=new, new_layer_lr=3e-3, model=model), groups)
+    names = {id(p): n for n, p in model.named_parameters()}
+    by_group = {g["name"]: (g["lr"], {names[id(p)] for p in g["params"]}) for g in split}
+    lr, moved = by_group["llm_new_layers"]
+    assert lr == 3e-3 and moved == {n for n in names.values() if n.startswith(("llm.model.layers.2.", "llm.model.layers.5."))}
+    assert by_group["llm"][0] == STAGES["umm2"].groups["llm"] and not moved & by_group["llm"][1]
+    assert sorted(n for _, ns in by_group.values() for n in ns) == sorted(names[id(p)] for g in groups for p in g["params"])

@@ -174,3 +174,35 @@ def test_the_flow_heads_latent_skip_starts_at_zero_reads_z_t_once_trained_and_is
     assert loaded.config.flow_head_latent_input
     torch.testing.assert_close(loaded.flow_head.latent_proj.weight, model.flow_head.latent_proj.weight,
                                atol=1e-3, rtol=1e-3)
+
+
+def test_growing_the_llm_keeps_what_it_computes_until_trained_and_is_saved(tiny_model, text_tokenizer, tmp_path):
+    """Block expansion (`grow_llm`): velocities and next-token logits are unchanged by the new layers until
+    they train; their zeroed output projections get gradients; the deeper model saves and loads."""
+    import copy
+
+    from hydra_core.loading import load_pretrained, save_pretrained
+
+    model = copy.deepcopy(tiny_model)
+    layers = model.config.llm["num_hidden_layers"]
+    n, c = model.config.tokenizer.num_tokens, model.config.tokenizer.latent_channels
+    ids, mask = torch.tensor([[1, 13, 14, 15, 16, 4]]), torch.ones(1, 6, dtype=torch.long)
+    z, t = torch.randn(1, n, c, generator=torch.Generator().manual_seed(3)), torch.tensor([0.4])
+    with torch.no_grad():
+        prefix = model.prefill(ids, mask)
+        before_v, before_logits = model.image_velocity(z, t, prefix), prefix.last_logits
+        model.grow_llm(layers + 1)
+        prefix = model.prefill(ids, mask)
+        assert len(model.llm.model.layers) == layers + 1 and model.config.llm["num_hidden_layers"] == layers + 1
+        torch.testing.assert_close(model.image_velocity(z, t, prefix), before_v, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(prefix.last_logits, before_logits, atol=1e-5, rtol=1e-5)
+    zeroed = [m for layer in model.llm.model.layers for m in (layer.self_attn.o_proj, layer.mlp.down_proj)
+              if not m.weight.any()]
+    assert len(zeroed) == 2  # the new layer's two output projections
+    model.next_token_logits(ids, mask, None).square().sum().backward()
+    assert all(m.weight.grad is not None and m.weight.grad.abs().sum() > 0 for m in zeroed)
+    with pytest.raises(ValueError, match="can grow"):
+        model.grow_llm(layers)
+    save_pretrained(model, text_tokenizer, tmp_path, dtype=torch.float16)
+    loaded = load_pretrained(tmp_path).model
+    assert len(loaded.llm.model.layers) == layers + 1

@@ -117,13 +117,17 @@ class Builder:
     def __init__(self, work: Path, out: Path, scale: float, seed: int, pool_size: int, init_from: Path | None = None,
                  workers: int = 1, save_every: int = 50, whiten: bool = False, image_positions: bool = False,
                  teacher_loss: str = DEFAULT_TEACHER_LOSS, flow_latent_input: bool = False,
-                 qa_mix: str = data.DEFAULT_QA_MIX):
+                 qa_mix: str = data.DEFAULT_QA_MIX, llm_layers: int | None = None,
+                 new_layer_lr: float | None = None):
         self.work, self.out, self.scale, self.seed, self.init_from = work, out, scale, seed, init_from
         self.qa_mix = qa_mix  # data.QA_MIXES: how the unified stages draw an image's questions
         self.teacher_loss = teacher_loss  # TEACHER_LOSSES
         self.whiten = whiten  # latent_norm "pca": the flow generates in whitened latents (unified/latent_norm.py)
         self.image_positions = image_positions  # add image position embeddings to a checkpoint without them
         self.flow_latent_input = flow_latent_input  # give the flow head the noisy-latent skip (unified/flow_head.py)
+        self.llm_layers = llm_layers  # deepen a checkpoint's LLM to this many layers (HydraModel.grow_llm)
+        self.new_layer_lr = new_layer_lr  # the grown layers' learning rate (default: the LLM's)
+        self.new_layers: list[int] = []
         self.save_every = save_every
         self.trained_stages: tuple[str, ...] = ()  # what build() ran: the segment record reads only their logs
         self.state = PartialState(cpu=not torch.cuda.is_available())
@@ -401,9 +405,26 @@ class Builder:
         return torch.cat([self.model.vision.encode_latent(self._pixels(images[i:i + batch]))
                           for i in range(0, len(images), batch)])
 
+    def _with_new_layer_rate(self, groups: list[dict]) -> list[dict]:
+        """Move the layers `grow_llm` added out of the "llm" group into their own at --new-layer-lr: started
+        at zero, at the LLM's rate they change what the model computes too slowly to be measured."""
+        if not (self.new_layers and self.new_layer_lr):
+            return groups
+        prefixes = tuple(f"llm.model.layers.{i}." for i in self.new_layers)
+        new = {id(p) for n, p in self.model.named_parameters() if n.startswith(prefixes)}
+        out = []
+        for group in groups:
+            moved = [p for p in group["params"] if id(p) in new]
+            if moved:
+                out.append({**group, "params": [p for p in group["params"] if id(p) not in new]})
+                out.append({"params": moved, "lr": self.new_layer_lr, "name": f"{group['name']}_new_layers"})
+            else:
+                out.append(group)
+        return out
+
     def plan_umm(self, name: str) -> StagePlan:
         stage = STAGES[name]
-        groups = configure_stage(self.model, stage)
+        groups = self._with_new_layer_rate(configure_stage(self.model, stage))
         n_text, n_und, n_gen = _split(BATCH["umm"], stage.data_ratio)
         n_img = self.config.tokenizer.num_tokens
         qa_share = {"umm1": 0.3, "umm2": 0.7, "umm3": 0.9}[name]
@@ -514,6 +535,8 @@ class Builder:
                         self.model.add_image_positions()
                     if self.flow_latent_input and not self.config.flow_head_latent_input:
                         self.model.add_flow_latent_input()
+                    if self.llm_layers and self.llm_layers != self.config.llm["num_hidden_layers"]:
+                        self.new_layers = self.model.grow_llm(self.llm_layers)
                     if self.whiten and self.config.latent_norm != "pca":
                         self.model.whiten_latents(self.pool_latents[:WHITENING_IMAGES])
             else:
@@ -629,6 +652,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--flow-latent-input", action="store_true",
                         help="the flow head also reads the noisy latent z_t through a zero-initialised linear skip "
                              "(not in the paper; unified/flow_head.py); with --init-from, added if the checkpoint has none")
+    parser.add_argument("--llm-layers", type=int, default=None, metavar="N",
+                        help="with --init-from: deepen the LLM to N layers by block expansion (each "
+                             "new layer a copy of the one before with its output projections zeroed, so the model "
+                             "starts computing what it did; LLaMA Pro)")
+    parser.add_argument("--new-layer-lr", type=float, default=None, metavar="RATE",
+                        help="with --llm-layers: the new layers' learning rate in the unified stages (default: the LLM's)")
     parser.add_argument("--teacher-loss", choices=TEACHER_LOSSES, default=None,
                         help="the semantic teacher's per-token loss: 'balanced' (the default and the bundled model's: "
                              "background and object tokens weigh the same, so the teacher learns shapes) or 'mean' over "
@@ -675,12 +704,17 @@ def main(argv: list[str] | None = None) -> None:
         parser.error("--flow-time-loc changes a checkpoint's recipe: use it with --init-from")
     if args.semantic_noise is not None and (args.init_from is not None or not 0 <= args.semantic_noise <= 1):
         parser.error("--semantic-noise takes a number in [0, 1] and trains a tokenizer: build from nothing")
+    if args.llm_layers is not None and args.init_from is None:
+        parser.error("--llm-layers deepens a checkpoint's LLM: use it with --init-from")
+    if args.new_layer_lr is not None and (args.llm_layers is None or not args.new_layer_lr > 0):
+        parser.error("--new-layer-lr takes a rate > 0 and goes with --llm-layers")
     if args.teacher_loss is not None and args.init_from is not None:
         parser.error("--teacher-loss trains a teacher: build from nothing")
     builder = Builder(args.work, args.out, args.scale, args.seed, args.pool_size, args.init_from,
                       workers=args.workers, save_every=args.save_every, whiten=args.latent_norm == "pca",
                       image_positions=args.image_positions, teacher_loss=args.teacher_loss or DEFAULT_TEACHER_LOSS,
-                      flow_latent_input=args.flow_latent_input, qa_mix=args.qa_mix)
+                      flow_latent_input=args.flow_latent_input, qa_mix=args.qa_mix, llm_layers=args.llm_layers,
+                      new_layer_lr=args.new_layer_lr)
     if args.whiten_floor is not None:
         if args.latent_norm != "pca" or args.whiten_floor < 0:
             parser.error("--whiten-floor takes a number >= 0 and goes with --latent-norm pca")

@@ -104,6 +104,36 @@ class HydraModel(nn.Module):
         self.flow_head.add_latent_input(self.config.tokenizer.latent_channels)
         self.config.flow_head_latent_input = True
 
+    @torch.no_grad()
+    def grow_llm(self, num_layers: int) -> list[int]:
+        """Deepen the LLM to `num_layers` by block expansion (LLaMA Pro, Wu et al. 2024): each new layer is a
+        copy of the layer before it with its attention and MLP output projections zeroed, so it starts as
+        the identity on the residual stream and the grown model computes exactly what it did. The new
+        layers are spread evenly (4 -> 6: after layers 1 and 3). Returns the new layers' indices."""
+        old_layers = len(self.llm.model.layers)
+        extra = num_layers - old_layers
+        if not 0 < extra <= old_layers:
+            raise ValueError(f"can grow a {old_layers}-layer LLM to {old_layers + 1}-{2 * old_layers} layers, "
+                             f"not {num_layers}")
+        insert_after = {round((k + 1) * old_layers / extra) - 1 for k in range(extra)}
+        sources = [(i, copy) for i in range(old_layers) for copy in ((False, True) if i in insert_after else (False,))]
+        old_state = self.llm.state_dict()
+        state = {k: v for k, v in old_state.items() if not k.startswith("model.layers.")}
+        for new_index, (old_index, is_copy) in enumerate(sources):
+            prefix = f"model.layers.{old_index}."
+            for key, value in old_state.items():
+                if key.startswith(prefix):
+                    name = key[len(prefix):]
+                    zero = is_copy and name in ("self_attn.o_proj.weight", "mlp.down_proj.weight")
+                    state[f"model.layers.{new_index}.{name}"] = torch.zeros_like(value) if zero else value.clone()
+        reference = self.llm.model.embed_tokens.weight
+        self.config.llm = {**self.config.llm, "num_hidden_layers": num_layers}
+        llm = Qwen2ForCausalLM(self.config.llm_config()).to(device=reference.device, dtype=reference.dtype)
+        llm.load_state_dict(state)
+        llm.tie_weights()
+        self.llm = llm.train(self.training)
+        return [new_index for new_index, (_, is_copy) in enumerate(sources) if is_copy]
+
     def image_embeds(self, latent: torch.Tensor) -> torch.Tensor:
         """GSB-space latent [M, N, C] (raw scale) -> LLM input embeddings [M, N, H]."""
         embeds = self.projector(self.vision.semantic_features(latent))
