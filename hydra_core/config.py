@@ -4,7 +4,8 @@ Every layer is built from these fields alone, and the whole `HydraConfig` is sav
 `config.json` beside `model.safetensors`, so a checkpoint folder describes itself.
 
 Presets:
-    tiny        the bundled default: 64 px ShapesWorld images, 8x8 tokens, a 4-layer Qwen2.
+    tiny        what the build trains from nothing: 64 px ShapesWorld images, 8x8 tokens, a 4-layer Qwen2
+                (the bundled checkpoint was deepened to 6 layers by a continuation, `--llm-layers`).
     paper-1.5b  InternViT-300M split 12+12, C=64, 448 px (32x32 tokens), Qwen2.5-1.5B dimensions.
     paper-7b    the same tokenizer with Qwen2.5-7B dimensions.
 """

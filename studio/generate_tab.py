@@ -19,7 +19,7 @@ from .device import PREVIEW_DECODER_STEPS
 from .latent_panel import LatentPanel, Tab, latent_panel
 
 # Chosen from what the bundled model draws well, prompts expanded (the default): the asked colours and shapes
-# (and "above") in 8/8, 8/8, 6/8, 8/8, 8/8 and 8/8 images (seeds 0-7, pixel oracle), where "a photo of a red circle"
+# (and "above") in 8/8, 6/8, 7/8, 8/8, 8/8 and 8/8 images (seeds 0-7, pixel oracle), where "a photo of a red circle"
 # gives 4/8 (circles come out round but often ragged along the token grid; the oracle reads those as squares or triangles).
 PROMPT_EXAMPLES = (
     "a photo of a cyan square",

@@ -4,8 +4,8 @@ these fail for it (the first bundled model failed the flow-loss and VQA checks: 
 its blank-image control on this seed's questions).
 
 Measured for the shipped model at limit 24, seed 123: ShapesWorld 32.0 dB against 21.0 for the 8x8
-thumbnail; flow loss 0.199 with the right prompts, 0.230 shuffled, 0.222 null; VQA 0.75 against 0.25
-with another scene's image, 0.25 with a blank one and 0.50 for the per-type majority answer (the model
+thumbnail; flow loss 0.198 with the right prompts, 0.231 shuffled, 0.219 null; VQA 0.83 against 0.29
+with another scene's image, 0.29 with a blank one and 0.50 for the per-type majority answer (the model
 bundled until 2026-12-06 scored 0.50 there: it fails the majority check); "a photo of a {shape}" 0.833
 expanded against 0.208 as typed and 0.333 judged against mismatched prompts (segment 7: 0.625, 0.208,
 0.292). Not checked here because the model does not clear them by a safe margin at this sample
