@@ -55,10 +55,12 @@ def test_a_continuation_can_whiten_the_flow_space_add_image_positions_the_flow_l
 
     out = tmp_path / "out"
     build.main(["--init-from", str(tiny_checkpoint), "--stages", "umm2", "--steps", "umm2=3", "--latent-norm", "pca",
-                "--whiten-floor", "0.002", "--image-positions", "--flow-latent-input", "--llm-layers", "6", "--work", str(tmp_path / "work"), "--out", str(out), "--pool-size", "24",
+                "--whiten-floor", "0.002", "--image-positions", "1", "--flow-latent-input", "--llm-layers", "6", "--work", str(tmp_path / "work"), "--out", str(out), "--pool-size", "24",
                 "--eval-limit", "0"])
     model = load_pretrained(out).model
     assert model.config.latent_norm == "pca" and model.config.image_position_embedding
+    width = model.config.llm["hidden_size"]
+    assert model.image_position.norm(dim=-1).mean() > 0.9 * (width / 2) ** 0.5  # the full sin-cos table (scale 1)
     assert model.config.latent_whiten_floor == 0.002
     assert model.config.flow_head_latent_input and model.flow_head.latent_proj.weight.abs().max() > 0  # trained from 0
     layers = model.llm.model.layers

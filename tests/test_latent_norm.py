@@ -105,6 +105,9 @@ def test_image_positions_tell_identical_tokens_apart(tiny_model, text_tokenizer,
         placed = model.image_embeds(latent)[0]
     distances = torch.cdist(placed, placed)
     assert distances[~torch.eye(len(placed), dtype=torch.bool)].min() > 0.05
+    full = copy.deepcopy(tiny_model)
+    full.add_image_positions(1.0)  # DiT's table as it is: ten times the default nudge
+    torch.testing.assert_close(full.image_position, 10 * model.image_position)
     assert all(trains(STAGES[s], "image_position") for s in ("umm1", "umm2", "umm3"))
     save_pretrained(model, text_tokenizer, tmp_path, dtype=torch.float16)
     loaded = load_pretrained(tmp_path).model

@@ -143,3 +143,28 @@ def test_the_types_mix_draws_question_types_evenly_and_the_default_mix_does_not(
     assert shares["questions"]["color"] < 0.14
     assert all(0.17 < shares["types"][t] < 0.25 for t in ("count", "color", "shape", "exist"))
     assert shares["types"]["relation"] > 0.13  # scenes of one object have no relation to ask about
+
+
+def test_place_questions_ask_where_a_one_of_a_kind_object_is_and_only_the_places_mix_asks_them():
+    import numpy as np
+
+    from hydra_core.data import shapesworld as sw
+    from hydra_core.train import data
+
+    rng = np.random.default_rng(0)
+    asked = 0
+    for i in range(300):
+        scene = sw.sample_scene(np.random.default_rng(i))
+        for qa in data.place_questions(scene, rng):
+            colour, shape = qa.question.removeprefix("where is the ").removesuffix("?").split()
+            (obj,) = [o for o in scene.objects if (o.color, o.shape) == (colour, shape)]  # one of a kind
+            assert qa.answer == sw.grid_place(obj, scene.canvas) and qa.qtype == "place"
+            asked += 1
+    assert asked > 250  # only scenes where every object has a twin go without
+    pool = data.make_pool(24, 0)
+    for mix, expected in (("types", False), ("types_places", True)):
+        rng = np.random.default_rng(1)
+        turns = [m["content"] for _ in range(20) for i in range(24)
+                 for m in data.understanding_conversation(pool, i, rng, "qa", mix) if m["role"] == "user"]
+        questions = [t if isinstance(t, str) else t[1]["text"] for t in turns]
+        assert any(q.startswith("where is the") for q in questions) is expected

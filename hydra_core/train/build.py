@@ -115,7 +115,7 @@ class Builder:
     of which it trains on its own share (`loop.shard`); the main process alone writes files."""
 
     def __init__(self, work: Path, out: Path, scale: float, seed: int, pool_size: int, init_from: Path | None = None,
-                 workers: int = 1, save_every: int = 50, whiten: bool = False, image_positions: bool = False,
+                 workers: int = 1, save_every: int = 50, whiten: bool = False, image_positions: float = 0.0,
                  teacher_loss: str = DEFAULT_TEACHER_LOSS, flow_latent_input: bool = False,
                  qa_mix: str = data.DEFAULT_QA_MIX, llm_layers: int | None = None,
                  new_layer_lr: float | None = None):
@@ -123,7 +123,7 @@ class Builder:
         self.qa_mix = qa_mix  # data.QA_MIXES: how the unified stages draw an image's questions
         self.teacher_loss = teacher_loss  # TEACHER_LOSSES
         self.whiten = whiten  # latent_norm "pca": the flow generates in whitened latents (unified/latent_norm.py)
-        self.image_positions = image_positions  # add image position embeddings to a checkpoint without them
+        self.image_positions = image_positions  # > 0: add image position embeddings at this scale to a checkpoint without them
         self.flow_latent_input = flow_latent_input  # give the flow head the noisy-latent skip (unified/flow_head.py)
         self.llm_layers = llm_layers  # deepen a checkpoint's LLM to this many layers (HydraModel.grow_llm)
         self.new_layer_lr = new_layer_lr  # the grown layers' learning rate (default: the LLM's)
@@ -155,7 +155,7 @@ class Builder:
         torch.manual_seed(seed)
         self.model = HydraModel(self.config).to(self.device)
         if image_positions:
-            self.model.add_image_positions()
+            self.model.add_image_positions(image_positions)
         if flow_latent_input:
             self.model.add_flow_latent_input()
         self.teacher = Teacher(self.config.tokenizer).to(self.device)
@@ -532,7 +532,7 @@ class Builder:
                 else:  # the checkpoint's PCA basis stays; its normalisation too, unless whitening is asked
                     self.encode_pool()
                     if self.image_positions and not self.config.image_position_embedding:
-                        self.model.add_image_positions()
+                        self.model.add_image_positions(self.image_positions)
                     if self.flow_latent_input and not self.config.flow_head_latent_input:
                         self.model.add_flow_latent_input()
                     if self.llm_layers and self.llm_layers != self.config.llm["num_hidden_layers"]:
@@ -646,9 +646,10 @@ def main(argv: list[str] | None = None) -> None:
                         help="with --latent-norm pca: each principal direction is scaled by sqrt(variance + F x the "
                              "largest variance) (default 1e-3: every used direction at unit variance; larger F keeps "
                              "more of the spread, so the large directions still emerge first)")
-    parser.add_argument("--image-positions", action="store_true",
+    parser.add_argument("--image-positions", type=float, nargs="?", const=0.1, default=0.0, metavar="SCALE",
                         help="with --init-from: add learned 2D position embeddings to the image tokens' LLM inputs "
-                             "(started from a small 2D sin-cos table) if the checkpoint has none")
+                             "if the checkpoint has none, started from DiT's 2D sin-cos table times SCALE (default "
+                             "0.1, a nudge; 1 is DiT's full table)")
     parser.add_argument("--flow-latent-input", action="store_true",
                         help="the flow head also reads the noisy latent z_t through a zero-initialised linear skip "
                              "(not in the paper; unified/flow_head.py); with --init-from, added if the checkpoint has none")
@@ -665,7 +666,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--qa-mix", choices=data.QA_MIXES, default=data.DEFAULT_QA_MIX,
                         help="how the unified stages draw an image's 1-3 questions: 'questions' (the default, uniformly "
                              "among the scene's questions: count 3 of 8, exist 2, colour, shape, relation 1 each) or "
-                             "'types' (uniformly among question types, the VQA suite's shares)")
+                             "'types' (uniformly among question types, the VQA suite's shares) or 'types_places' ('types' "
+                             "with a sixth, training-only type: \"where is the red circle?\" answered with its 3x3 place)")
     parser.add_argument("--semantic-noise", type=float, default=None, metavar="T",
                         help="building from nothing: train the tokenizer with Sem-ViT reading its latent noised to "
                              "t ~ U(0, T) (HydraTokConfig.semantic_noise; 0, the default, is the paper's clean latent)")
