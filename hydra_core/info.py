@@ -14,6 +14,7 @@ PARTS = {
     "pixel_decoder": "vision.decoder.",
     "projector": "projector.",
     "llm": "llm.",
+    "image_positions": "image_position",  # only in checkpoints with image_position_embedding
     "flow_head": "flow_head.",
 }
 # Bytes per parameter. nf4: 4-bit codes plus one float32 absmax per 64-value block.
@@ -25,6 +26,7 @@ def report(config: HydraConfig) -> dict:
     model = build_empty(config)
     params = dict(model.named_parameters())  # tied LM head counted once
     counts = {part: sum(p.numel() for n, p in params.items() if n.startswith(prefix)) for part, prefix in PARTS.items()}
+    counts = {part: count for part, count in counts.items() if count}
     counts["total"] = sum(p.numel() for p in params.values())
     quantized = {f"{name}.weight" for name in quantizable_linears(model)}
     memory = {}

@@ -60,7 +60,11 @@ def model_card(config: HydraConfig, results: dict, segments: list[dict]) -> str:
         f"{config.tokenizer.latent_channels} channels on {config.tokenizer.num_tokens} tokens, a pixel flow decoder "
         f"({config.tokenizer.decoder_layers} DiT blocks, {config.tokenizer.decoder_steps} Euler steps). LLM: Qwen2 "
         f"({config.llm['num_hidden_layers']} layers, width {config.llm['hidden_size']}, vocabulary "
-        f"{config.llm['vocab_size']} byte-level BPE). Flow head: {config.flow_head_layers} AdaLN-Zero blocks.",
+        f"{config.llm['vocab_size']} byte-level BPE)"
+        + (", learned 2D position embeddings added to the image tokens' LLM inputs" if config.image_position_embedding
+           else "")
+        + f". Flow head: {config.flow_head_layers} AdaLN-Zero blocks. Default sampling: {config.default_steps} flow "
+        f"steps at guidance {config.default_guidance:g}.",
         "",
         "| part | parameters |", "|---|---:|",
         *[f"| {k} | {v:,} |" for k, v in info["parameters"].items()],
