@@ -158,7 +158,7 @@ def test_place_questions_ask_where_a_one_of_a_kind_object_is_and_only_the_places
         for qa in data.place_questions(scene, rng):
             colour, shape = qa.question.removeprefix("where is the ").removesuffix("?").split()
             (obj,) = [o for o in scene.objects if (o.color, o.shape) == (colour, shape)]  # one of a kind
-            assert qa.answer == sw.grid_place(obj, scene.canvas) and qa.qtype == "place"
+            assert qa.answer == sw.grid_place(obj, scene.canvas) and qa.qtype == data.PLACE_QTYPE
             asked += 1
     assert asked > 250  # only scenes where every object has a twin go without
     pool = data.make_pool(24, 0)

@@ -127,6 +127,8 @@ QA_MIXES = ("questions", "types", "types_places")
 DEFAULT_QA_MIX = "questions"  # the recipe every segment before segment 11 trained with
 # "types_places": "types" with a sixth, training-only question type, "where is the red circle?" answered with its
 # 3x3 place (`place_questions`); the VQA suite does not ask it, so its scores stay comparable across segments.
+PLACE_QTYPE = "place"
+TRAINING_QTYPES = (*sw.QTYPES, PLACE_QTYPE)
 
 
 def pick_questions(qas: list[sw.QA], rng: np.random.Generator, mix: str) -> list[sw.QA]:
@@ -137,7 +139,7 @@ def pick_questions(qas: list[sw.QA], rng: np.random.Generator, mix: str) -> list
     if mix == "questions":
         picks = rng.permutation(len(qas))[: int(rng.integers(1, 4))]
         return [qas[k] for k in picks]
-    types = sorted({qa.qtype for qa in qas}, key=(*sw.QTYPES, "place").index)
+    types = sorted({qa.qtype for qa in qas}, key=TRAINING_QTYPES.index)
     chosen = [types[k] for k in rng.permutation(len(types))[: int(rng.integers(1, 4))]]
     out = []
     for qtype in chosen:
@@ -153,7 +155,7 @@ def place_questions(scene: sw.Scene, rng: np.random.Generator) -> list[sw.QA]:
     if not unique:
         return []
     obj = unique[int(rng.integers(len(unique)))]
-    return [sw.QA(f"where is the {obj.color} {obj.shape}?", sw.grid_place(obj, scene.canvas), "place")]
+    return [sw.QA(f"where is the {obj.color} {obj.shape}?", sw.grid_place(obj, scene.canvas), PLACE_QTYPE)]
 
 
 def understanding_conversation(pool: ScenePool, i: int, rng: np.random.Generator, kind: str,
