@@ -168,3 +168,26 @@ def test_place_questions_ask_where_a_one_of_a_kind_object_is_and_only_the_places
                  for m in data.understanding_conversation(pool, i, rng, "qa", mix) if m["role"] == "user"]
         questions = [t if isinstance(t, str) else t[1]["text"] for t in turns]
         assert any(q.startswith("where is the") for q in questions) is expected
+
+
+def test_shape_weights_draw_generation_targets_showing_the_weighted_shape_more_often():
+    import numpy as np
+
+    from hydra_core.data import shapesworld as sw
+    from hydra_core.text import train_bpe
+    from hydra_core.train import data
+
+    pool = data.make_pool(400, 0)
+    shows_circle = np.array([any(o.shape == "circle" for o in scene.objects) for scene in pool.scenes])
+    tokenizer = train_bpe(sw.text_corpus(np.random.default_rng(0), 200), vocab_size=256)
+    tokenizer.padding_side = "left"
+    shares = {}
+    for weights in ({}, {"circle": 3.0}):
+        probs = data.shape_weights(pool, weights) if weights else None
+        drawn = np.concatenate([data.generation_batch(tokenizer, pool, data.step_rng(0, step), 32, 4, 0.0,
+                                                      scene_probs=probs)["index"] for step in range(40)])
+        shares[bool(weights)] = shows_circle[drawn].mean()
+    # A share p of scenes showing a circle, weighted 3, is drawn 3p / (3p + 1 - p) of the time.
+    p = shows_circle.mean()
+    assert abs(shares[False] - p) < 0.05
+    assert abs(shares[True] - 3 * p / (2 * p + 1)) < 0.05 and shares[True] > shares[False] + 0.15

@@ -118,8 +118,9 @@ class Builder:
                  workers: int = 1, save_every: int = 50, whiten: bool = False, image_positions: float = 0.0,
                  teacher_loss: str = DEFAULT_TEACHER_LOSS, flow_latent_input: bool = False,
                  qa_mix: str = data.DEFAULT_QA_MIX, llm_layers: int | None = None,
-                 new_layer_lr: float | None = None):
+                 new_layer_lr: float | None = None, gen_shape_weights: dict[str, float] | None = None):
         self.work, self.out, self.scale, self.seed, self.init_from = work, out, scale, seed, init_from
+        self.gen_shape_weights = gen_shape_weights or {}  # oversample generation targets showing these shapes
         self.qa_mix = qa_mix  # data.QA_MIXES: how the unified stages draw an image's questions
         self.teacher_loss = teacher_loss  # TEACHER_LOSSES
         self.whiten = whiten  # latent_norm "pca": the flow generates in whitened latents (unified/latent_norm.py)
@@ -432,6 +433,7 @@ class Builder:
         if self.pool_latents is None:
             raise RuntimeError("the unified stages need the pool's latents: run the 'latents' step first")
         latents = self.pool_latents
+        scene_probs = data.shape_weights(self.pool, self.gen_shape_weights) if self.gen_shape_weights else None
 
         def step_fn(step):
             rng = data.step_rng(self.seed, step)
@@ -451,7 +453,7 @@ class Builder:
                 out["ntp"] = ntp.detach()
             if n_gen:
                 b = self._share(data.generation_batch(self.tokenizer, self.pool, rng, n_gen, n_img,
-                                                      self.config.cfg_dropout, DENSE_SHARE))
+                                                      self.config.cfg_dropout, DENSE_SHARE, scene_probs))
                 flow = model.flow_loss(b["input_ids"], b["attention_mask"], latents[b["index"]],
                                        generator=self._generator(step))
                 total = total + self.config.flow_weight * flow
@@ -668,6 +670,9 @@ def main(argv: list[str] | None = None) -> None:
                              "among the scene's questions: count 3 of 8, exist 2, colour, shape, relation 1 each) or "
                              "'types' (uniformly among question types, the VQA suite's shares) or 'types_places' ('types' "
                              "with a sixth, training-only type: \"where is the red circle?\" answered with its 3x3 place)")
+    parser.add_argument("--gen-shape-weight", nargs="*", default=[], metavar="SHAPE=W",
+                        help="the unified stages draw generation targets showing SHAPE W times as often (a scene "
+                             f"weighs its largest shape's W, others 1), SHAPE in {list(sw.SHAPES)}; e.g. circle=3")
     parser.add_argument("--semantic-noise", type=float, default=None, metavar="T",
                         help="building from nothing: train the tokenizer with Sem-ViT reading its latent noised to "
                              "t ~ U(0, T) (HydraTokConfig.semantic_noise; 0, the default, is the paper's clean latent)")
@@ -697,6 +702,16 @@ def main(argv: list[str] | None = None) -> None:
         for name, stage in STAGES.items():
             if group in stage.groups:
                 STAGES[name] = dataclasses.replace(stage, groups=stage.groups | {group: rate})
+    gen_shape_weights = {}
+    for item in args.gen_shape_weight:
+        shape, _, weight = item.partition("=")
+        try:
+            weight = float(weight)
+        except ValueError:
+            weight = -1.0
+        if shape not in sw.SHAPES or not weight > 0:
+            parser.error(f"--gen-shape-weight takes SHAPE=W with SHAPE in {list(sw.SHAPES)} and W > 0, got {item!r}")
+        gen_shape_weights[shape] = weight
     if args.describe is not None:
         describe(args.describe, args.eval_limit or 60)
         return
@@ -716,7 +731,7 @@ def main(argv: list[str] | None = None) -> None:
                       workers=args.workers, save_every=args.save_every, whiten=args.latent_norm == "pca",
                       image_positions=args.image_positions, teacher_loss=args.teacher_loss or DEFAULT_TEACHER_LOSS,
                       flow_latent_input=args.flow_latent_input, qa_mix=args.qa_mix, llm_layers=args.llm_layers,
-                      new_layer_lr=args.new_layer_lr)
+                      new_layer_lr=args.new_layer_lr, gen_shape_weights=gen_shape_weights)
     if args.whiten_floor is not None:
         if args.latent_norm != "pca" or args.whiten_floor < 0:
             parser.error("--whiten-floor takes a number >= 0 and goes with --latent-norm pca")

@@ -222,11 +222,20 @@ def generation_prompt_for(pool: ScenePool, i: int, rng: np.random.Generator, den
     return meta["prompt"] if meta is not None and rng.random() < 0.7 else sw.captions(pool.scenes[i], rng)[0]
 
 
+def shape_weights(pool: ScenePool, weights: dict[str, float]) -> np.ndarray:
+    """Each scene's probability of being a generation target: the largest weight among the shapes it shows
+    (1 for a shape not named), normalised over the pool."""
+    w = np.array([max([weights.get(o.shape, 1.0) for o in scene.objects], default=1.0) for scene in pool.scenes])
+    return w / w.sum()
+
+
 def generation_batch(tokenizer, pool: ScenePool, rng, batch: int, num_image_tokens: int, cfg_dropout: float,
-                     dense_share: float = 0.0):
+                     dense_share: float = 0.0, scene_probs: np.ndarray | None = None):
     """Prompt prefix (left-padded) + image positions; the prompt is the null token with prob cfg_dropout.
+    scene_probs: the targets' distribution over the pool (`shape_weights`; None: uniform).
     "index": the pool scenes that are the targets."""
-    idx = rng.integers(0, len(pool.scenes), batch)
+    n = len(pool.scenes)
+    idx = rng.integers(0, n, batch) if scene_probs is None else rng.choice(n, batch, p=scene_probs)
     texts = []
     for i in idx:
         prompt = generation_prompt_for(pool, i, rng, dense_share)
