@@ -19,7 +19,7 @@ from .device import PREVIEW_DECODER_STEPS
 from .latent_panel import LatentPanel, Tab, latent_panel
 
 # Chosen from what the bundled model draws well, prompts expanded (the default): the four short prompts show the asked
-# colours and shapes (and "above") in 8/8, 8/8, 7/8 and 8/8 images (seeds 0-7, pixel oracle, guidance 3), where "a photo
+# colours and shapes (and "above") in 8/8 images each (seeds 0-7, pixel oracle, guidance 3), where "a photo
 # of a red circle" gives 5/8 (circles come out round but often lopsided; the oracle reads those as squares or triangles).
 PROMPT_EXAMPLES = (
     "a photo of a cyan square",
