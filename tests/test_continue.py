@@ -91,11 +91,14 @@ def test_a_continuation_can_refine_the_decoder_alone_at_a_given_learning_rate(ti
     assert changed and all(k.startswith("vision.decoder.") for k in changed), sorted(changed)[:5]
 
 
-@pytest.mark.parametrize("item", ["decoder", "decoder=fast", "decoder=0", "encoder=1e-3"])
-def test_a_malformed_learning_rate_is_refused(item, capsys):
+@pytest.mark.parametrize("flag, item, usage", [
+    ("--lr", "decoder", "GROUP=RATE"), ("--lr", "decoder=fast", "GROUP=RATE"), ("--lr", "decoder=0", "GROUP=RATE"),
+    ("--lr", "encoder=1e-3", "GROUP=RATE"), ("--gen-shape-weight", "hexagon=2", "SHAPE=W"),
+    ("--gen-shape-weight", "circle=-1", "SHAPE=W")])
+def test_a_malformed_rate_or_weight_is_refused(flag, item, usage, capsys):
     with pytest.raises(SystemExit):
-        build.main(["--lr", item, "--work", "unused", "--out", "unused"])
-    assert "--lr takes GROUP=RATE" in capsys.readouterr().err
+        build.main([flag, item, "--work", "unused", "--out", "unused"])
+    assert f"{flag} takes {usage}" in capsys.readouterr().err
 
 
 def test_grown_layers_train_at_their_own_rate(tiny_model):

@@ -609,6 +609,22 @@ def _split(batch: int, ratio: tuple[int, int, int]) -> tuple[int, int, int]:
     return text, und, batch - text - und
 
 
+def _positive_values(parser: argparse.ArgumentParser, items: list[str], flag: str, key: str, value: str,
+                     names: list[str]) -> dict[str, float]:
+    """NAME=X arguments (X > 0, NAME among `names`) as a dict; anything else is a usage error."""
+    out = {}
+    for item in items:
+        name, _, number = item.partition("=")
+        try:
+            number = float(number)
+        except ValueError:
+            number = -1.0
+        if name not in names or not number > 0:
+            parser.error(f"{flag} takes {key}={value} with {key} in {names} and {value} > 0, got {item!r}")
+        out[name] = number
+    return out
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--work", type=Path, default=Path("runs/tiny"), help="stage outputs, logs, resumable state")
@@ -691,27 +707,12 @@ def main(argv: list[str] | None = None) -> None:
         if kind not in BATCH or not size.isdigit():
             parser.error(f"--batch takes KIND=N with KIND in {sorted(BATCH)}, got {item!r}")
         BATCH[kind] = int(size)
-    for item in args.lr:
-        group, _, rate = item.partition("=")
-        try:
-            rate = float(rate)
-        except ValueError:
-            rate = -1.0
-        if group not in GROUPS or not rate > 0:
-            parser.error(f"--lr takes GROUP=RATE with GROUP in {sorted(GROUPS)} and RATE > 0, got {item!r}")
+    for group, rate in _positive_values(parser, args.lr, "--lr", "GROUP", "RATE", sorted(GROUPS)).items():
         for name, stage in STAGES.items():
             if group in stage.groups:
                 STAGES[name] = dataclasses.replace(stage, groups=stage.groups | {group: rate})
-    gen_shape_weights = {}
-    for item in args.gen_shape_weight:
-        shape, _, weight = item.partition("=")
-        try:
-            weight = float(weight)
-        except ValueError:
-            weight = -1.0
-        if shape not in sw.SHAPES or not weight > 0:
-            parser.error(f"--gen-shape-weight takes SHAPE=W with SHAPE in {list(sw.SHAPES)} and W > 0, got {item!r}")
-        gen_shape_weights[shape] = weight
+    gen_shape_weights = _positive_values(parser, args.gen_shape_weight, "--gen-shape-weight", "SHAPE", "W",
+                                         list(sw.SHAPES))
     if args.describe is not None:
         describe(args.describe, args.eval_limit or 60)
         return
