@@ -200,13 +200,27 @@ def test_about_model_shows_each_score_beside_its_control(tiny_pipeline, tmp_path
     assert f"mismatched prompt {results['geneval_expanded']['mismatched']['overall']:.3f}" in expanded_row
 
 
-def test_targets_count_each_vqa_question_type():
-    """The issue's VQA target is overall >= 0.90 and each question type >= 0.80: a model that meets the overall
-    target while answering one type at chance has not met it, and the table says so."""
-    from hydra_core.eval.report import evaluation_table
+def test_targets_count_each_vqa_question_type_and_the_margin_over_its_control():
+    """The issue's targets: VQA overall >= 0.90 and each question type >= 0.80, each at least 0.40 above its
+    blank-image control; GenEval overall >= 0.80 with the mismatched-prompt control at least 0.50 lower. A
+    model that meets the overall VQA target while answering one type at chance, or whose score its control
+    nearly matches, has not met them, and the table and the list of missed targets say so."""
+    from hydra_core.eval.report import evaluation_table, missed_targets
 
-    results = {"vqa": {"count": 1.0, "color": 1.0, "shape": 1.0, "exist": 1.0, "relation": 0.6, "overall": 0.92}}
+    blank = {"count": 0.3, "color": 0.2, "shape": 0.2, "exist": 0.5, "relation": 0.6, "overall": 0.4}
+    results = {"vqa": {"count": 1.0, "color": 1.0, "shape": 1.0, "exist": 0.85, "relation": 0.6, "overall": 0.92,
+                       "blank_image": blank},
+               "geneval": {"overall": 0.85, "single_object": 0.96, "colors": 0.95, "mismatched": {"overall": 0.40}}}
     rows = {line.split(" | ")[0].strip("| "): line for line in evaluation_table(results).splitlines()}
     for q in ("count", "color", "shape", "exist", "relation"):
-        assert rows[f"VQA {q}"].endswith("| ≥ 0.8 |"), rows[f"VQA {q}"]
-    assert rows["VQA overall"].endswith("| ≥ 0.9 |")
+        assert rows[f"VQA {q}"].endswith("| ≥ 0.8, 0.40 above blank |"), rows[f"VQA {q}"]
+    assert rows["VQA overall"].endswith("| ≥ 0.9, 0.40 above blank |")
+    assert rows["GenEval overall"].endswith("| ≥ 0.8, 0.50 above mismatched prompt |")
+    missed = {path for path, _ in missed_targets(results)}
+    # relation is below 0.80; existence clears 0.80 but only 0.35 above blank; GenEval overall clears 0.80 but
+    # only 0.45 above its mismatched control. Count, colour, shape, overall VQA and the two GenEval rows are met.
+    assert {("vqa", "relation"), ("vqa", "exist"), ("geneval", "overall")} <= missed
+    assert not missed & {("vqa", "count"), ("vqa", "color"), ("vqa", "shape"), ("vqa", "overall"),
+                         ("geneval", "single_object"), ("geneval", "colors")}
+    results["geneval"]["mismatched"]["overall"] = 0.30
+    assert ("geneval", "overall") not in {path for path, _ in missed_targets(results)}

@@ -170,6 +170,32 @@ def test_place_questions_ask_where_a_one_of_a_kind_object_is_and_only_the_places
         assert any(q.startswith("where is the") for q in questions) is expected
 
 
+def test_places_first_opens_every_conversation_with_a_place_question_and_the_dense_mix_captions_places():
+    import numpy as np
+
+    from hydra_core.data import shapesworld as sw
+    from hydra_core.train import data
+
+    pool = data.make_pool(24, 0)
+    rng = np.random.default_rng(2)
+    opened = 0
+    for i in range(24):
+        messages = data.understanding_conversation(pool, i, rng, "qa", "places_first")
+        first = messages[0]["content"][1]["text"]
+        has_unique = bool(data.place_questions(pool.scenes[i], np.random.default_rng(0)))
+        assert first.startswith("where is the") is has_unique
+        opened += has_unique
+        assert len(messages) <= 6  # at most 3 turns, as the other mixes
+    assert opened > 18
+    for mix, names_places in (("types_places", False), ("types_places_dense", True)):
+        rng = np.random.default_rng(3)
+        for i in range(24):
+            caption = data.understanding_conversation(pool, i, rng, "caption", mix)[1]["content"]
+            places = [p for row in sw._GRID_PLACES for p in row]
+            assert (caption == sw.dense_caption(pool.scenes[i])) is names_places
+            assert any(p in caption for p in places) is names_places
+
+
 def test_shape_weights_draw_generation_targets_showing_the_weighted_shape_more_often():
     import numpy as np
 

@@ -685,7 +685,9 @@ def main(argv: list[str] | None = None) -> None:
                         help="how the unified stages draw an image's 1-3 questions: 'questions' (the default, uniformly "
                              "among the scene's questions: count 3 of 8, exist 2, colour, shape, relation 1 each) or "
                              "'types' (uniformly among question types, the VQA suite's shares) or 'types_places' ('types' "
-                             "with a sixth, training-only type: \"where is the red circle?\" answered with its 3x3 place)")
+                             "with a sixth, training-only type: \"where is the red circle?\" answered with its 3x3 place), "
+                             "'places_first' (every conversation opens with such a place question) or "
+                             "'types_places_dense' ('types_places' with captions naming each object's place)")
     parser.add_argument("--gen-shape-weight", nargs="*", default=[], metavar="SHAPE=W",
                         help="the unified stages draw generation targets showing SHAPE W times as often (a scene "
                              f"weighs its largest shape's W, others 1), SHAPE in {list(sw.SHAPES)}; e.g. circle=3")

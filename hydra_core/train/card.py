@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 from ..config import HydraConfig
-from ..eval.report import TARGETS, evaluation_table, fmt, get
+from ..eval.report import evaluation_table, fmt, get, missed_targets
 from ..info import report
 from .stages import STAGES
 
@@ -112,10 +112,12 @@ def model_card(config: HydraConfig, results: dict, segments: list[dict]) -> str:
         f"- 64×64 pixels, {total_minutes:.0f} minutes of CPU training: the scores above are what this budget reached,",
         "  not what the architecture can do.",
     ]
-    missed = [(path, target) for path, target in TARGETS.items() if (get(results, path) or 0) < target]
+    missed = missed_targets(results)
     if missed:
         lines += ["", "## Targets not reached", ""]
-        lines += [f"- {'/'.join(path)}: {fmt(get(results, path))} (target {target})" for path, target in missed]
+        lines += [f"- {'/'.join(path)}: {fmt(get(results, path))}"
+                  + (f" ({target.control_name} {fmt(get(results, target.control))})" if target.control else "")
+                  + f" (target {target})" for path, target in missed]
         lines += ["", f"Budget behind these numbers: {_samples_seen(segments)}."]
     return "\n".join(lines) + "\n"
 

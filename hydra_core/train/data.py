@@ -123,10 +123,13 @@ def encode_conversation(tokenizer: PreTrainedTokenizerFast, messages: list[dict]
     return ids, labels
 
 
-QA_MIXES = ("questions", "types", "types_places")
+QA_MIXES = ("questions", "types", "types_places", "places_first", "types_places_dense")
 DEFAULT_QA_MIX = "questions"  # the recipe every segment before segment 11 trained with
 # "types_places": "types" with a sixth, training-only question type, "where is the red circle?" answered with its
 # 3x3 place (`place_questions`); the VQA suite does not ask it, so its scores stay comparable across segments.
+# "places_first": every question conversation opens with such a place question, then 0-2 turns as "types".
+# "types_places_dense": "types_places" whose caption turns are answered with the dense caption (every object's
+# size, colour, shape and 3x3 place), so a caption names where each object is.
 PLACE_QTYPE = "place"
 TRAINING_QTYPES = (*sw.QTYPES, PLACE_QTYPE)
 
@@ -163,12 +166,18 @@ def understanding_conversation(pool: ScenePool, i: int, rng: np.random.Generator
     """kind: "caption" (one turn) or "qa" (1-3 question turns, drawn by `pick_questions`)."""
     scene = pool.scenes[i]
     if kind == "caption":
-        turns = [(DESCRIBE[rng.integers(len(DESCRIBE))], sw.captions(scene, rng)[0])]
+        caption = sw.dense_caption(scene) if qa_mix == "types_places_dense" else sw.captions(scene, rng)[0]
+        turns = [(DESCRIBE[rng.integers(len(DESCRIBE))], caption)]
     else:
         qas = sw.qa_pairs(scene, rng)
-        if qa_mix == "types_places":
-            qas, qa_mix = qas + place_questions(scene, rng), "types"
-        turns = [(qa.question, qa.answer) for qa in pick_questions(qas, rng, qa_mix)]
+        if qa_mix == "places_first":
+            picked = place_questions(scene, rng)
+            picked += pick_questions(qas, rng, "types")[: 3 - len(picked)]
+        else:
+            if qa_mix in ("types_places", "types_places_dense"):
+                qas, qa_mix = qas + place_questions(scene, rng), "types"
+            picked = pick_questions(qas, rng, qa_mix)
+        turns = [(qa.question, qa.answer) for qa in picked]
     messages = []
     for j, (question, answer) in enumerate(turns):
         content = [{"type": "image"}, {"type": "text", "text": question}] if j == 0 else question
