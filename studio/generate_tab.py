@@ -19,8 +19,9 @@ from .device import PREVIEW_DECODER_STEPS
 from .latent_panel import LatentPanel, Tab, latent_panel
 
 # Chosen from what the bundled model draws well, prompts expanded (the default): the four short prompts show the asked
-# colours and shapes (and "above") in 8/8 images each (seeds 0-7, pixel oracle, guidance 3), where "a photo
-# of a red circle" gives 5/8 (circles come out round but often lopsided; the oracle reads those as squares or triangles).
+# colours and shapes (and "above") in 8/8 images each (seeds 0-7, pixel oracle, guidance 3), as does "a photo of a red
+# circle" (5/8 before segment 17; circles often come out lopsided, which the oracle reads as squares or triangles), where
+# "a photo of a red circle and a blue square" gives 1/8 (two-object prompts are the bundled model's weakest).
 PROMPT_EXAMPLES = (
     "a photo of a cyan square",
     "a photo of a blue star",

@@ -4,11 +4,11 @@ these fail for it (the first bundled model failed the flow-loss and VQA checks: 
 its blank-image control on this seed's questions).
 
 Measured for the shipped model at limit 24, seed 123: ShapesWorld 32.0 dB against 21.0 for the 8x8
-thumbnail; flow loss 0.191 with the right prompts, 0.225 shuffled, 0.216 null; VQA 0.875 against 0.29
-with another scene's image, 0.29 with a blank one and 0.50 for the per-type majority answer (the model
-bundled until 2026-12-06 scored 0.50 there: it fails the majority check); "a photo of a {shape}" 0.917
-expanded against 0.375 as typed and 0.375 judged against mismatched prompts at its default guidance 3
-(segment 15: 0.958, 0.333, 0.375; segment 7 at guidance 5: 0.625, 0.208, 0.292). Not checked here because the
+thumbnail; flow loss 0.193 with the right prompts, 0.227 shuffled, 0.216 null; VQA 0.917 against 0.29
+with another scene's image, 0.33 with a blank one and 0.50 for the per-type majority answer (the model
+bundled until 2026-12-06 scored 0.50 there: it fails the majority check); "a photo of a {shape}" 0.958
+expanded against 0.333 as typed and 0.375 judged against mismatched prompts at its default guidance 3
+(segment 16: 0.917, 0.375, 0.375; segment 7 at guidance 5: 0.625, 0.208, 0.292). Not checked here because the
 model does not clear them by a safe margin at this sample size (see the model card): photo crops (22.9 dB,
 thumbnail 20.0) and GenEval-style accuracy of prompts as typed against mismatched prompts."""
 
