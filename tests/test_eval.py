@@ -224,3 +224,5 @@ def test_targets_count_each_vqa_question_type_and_the_margin_over_its_control():
                          ("geneval", "single_object"), ("geneval", "colors")}
     results["geneval"]["mismatched"]["overall"] = 0.30
     assert ("geneval", "overall") not in {path for path, _ in missed_targets(results)}
+    del results["geneval"]["mismatched"]  # unmeasured control: the margin is not shown, so the target is not met
+    assert ("geneval", "overall") in {path for path, _ in missed_targets(results)}

@@ -187,11 +187,11 @@ def test_places_first_opens_every_conversation_with_a_place_question_and_the_den
         opened += has_unique
         assert len(messages) <= 6  # at most 3 turns, as the other mixes
     assert opened > 18
+    places = [p for row in sw._GRID_PLACES for p in row]
     for mix, names_places in (("types_places", False), ("types_places_dense", True)):
         rng = np.random.default_rng(3)
         for i in range(24):
             caption = data.understanding_conversation(pool, i, rng, "caption", mix)[1]["content"]
-            places = [p for row in sw._GRID_PLACES for p in row]
             assert (caption == sw.dense_caption(pool.scenes[i])) is names_places
             assert any(p in caption for p in places) is names_places
 

@@ -20,7 +20,10 @@ class Target:
         value = get(results, path)
         if value is None or value < self.minimum:
             return False
-        return self.control is None or value - (get(results, self.control) or 0.0) >= self.margin
+        if self.control is None:
+            return True
+        control = get(results, self.control)  # a margin without its control measured is not shown to be met
+        return control is not None and value - control >= self.margin
 
     def __str__(self) -> str:
         above = f", {self.margin:.2f} above {self.control_name}" if self.control else ""
