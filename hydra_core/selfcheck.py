@@ -23,7 +23,7 @@ if TYPE_CHECKING:
 
     from .pipeline import HydraPipeline
 
-ANSWER_TOKENS = 6  # one-word answers: a few tokens are enough
+ANSWER_TOKENS = 32  # one-word answers, or a relation's reasoning (at most 25 tokens) before its one word
 
 
 @dataclass(frozen=True)
@@ -65,8 +65,10 @@ def prompt_checks(prompt: str) -> list[Check]:
 
 
 def normalize_answer(reply: str) -> str:
-    """Lowercase, strip punctuation and whitespace, keep the first word; digits become number words."""
-    words = re.findall(r"[a-z0-9]+", reply.lower())
+    """Lowercase, strip punctuation and whitespace, keep the first word (the first after the last ", so ", where a
+    reply reasons before it answers: `sw.QA.reasoned_answer`); digits become number words."""
+    reply = reply.lower()
+    words = re.findall(r"[a-z0-9]+", reply.rsplit(", so ", 1)[-1])
     word = words[0] if words else ""
     return sw.NUMBER_WORDS[int(word)] if word.isdigit() and int(word) < len(sw.NUMBER_WORDS) else word
 

@@ -196,6 +196,55 @@ def test_places_first_opens_every_conversation_with_a_place_question_and_the_den
             assert any(p in caption for p in places) is names_places
 
 
+def test_chain_mixes_answer_relations_by_way_of_both_places_which_decide_the_answer():
+    import re
+
+    import numpy as np
+
+    from hydra_core.data import shapesworld as sw
+    from hydra_core.selfcheck import normalize_answer
+    from hydra_core.train import data
+
+    rows = {p: r for r, row in enumerate(sw._GRID_PLACES) for p in row}
+    cols = {p: c for row in sw._GRID_PLACES for c, p in enumerate(row)}
+    rng = np.random.default_rng(0)
+    decided = asked = 0
+    for i in range(400):
+        scene = sw.sample_scene(np.random.default_rng(i))
+        for qa in sw.qa_pairs(scene, rng):
+            if qa.qtype != "relation":
+                assert qa.reasoning == "" and qa.reasoned_answer() == qa.answer
+                continue
+            a_name, relation, b_name = re.fullmatch(r"is the (\w+ \w+) (left of|right of|above|below) the (\w+ \w+)\?",
+                                                    qa.question).groups()
+            reply = qa.reasoned_answer()
+            place_a, place_b, answer = re.fullmatch(f"the {a_name} is (.+) and the {b_name} is (.+), so (yes|no)",
+                                                    reply).groups()
+            assert answer == qa.answer == normalize_answer(reply)
+            (a,) = [o for o in scene.objects if f"{o.color} {o.shape}" == a_name]  # both are one of a kind
+            (b,) = [o for o in scene.objects if f"{o.color} {o.shape}" == b_name]
+            assert (place_a, place_b) == (sw.grid_place(a, scene.canvas), sw.grid_place(b, scene.canvas))
+            axis = cols if relation in ("left of", "right of") else rows
+            if axis[place_a] != axis[place_b]:  # the places alone decide the answer
+                holds = (axis[place_a] < axis[place_b]) == (relation in ("left of", "above"))
+                assert answer == ("yes" if holds else "no"), reply
+                decided += 1
+            asked += 1
+    assert asked > 250 and decided > 0.95 * asked
+    pool = data.make_pool(40, 0)
+    has_relation = [bool(sw._crisp_pairs(scene)) for scene in pool.scenes]
+    for mix in ("places_first", "places_chain", "places_chain_relations"):
+        rng = np.random.default_rng(4)
+        reasoned = [any(", so " in m["content"] for m in data.understanding_conversation(pool, i, rng, "qa", mix)
+                        if m["role"] == "assistant") for i in range(40)]
+        if mix == "places_first":
+            assert not any(reasoned)
+        elif mix == "places_chain":
+            assert 0 < sum(reasoned) < sum(has_relation)
+        else:
+            assert reasoned == has_relation
+
+
 def test_shape_weights_draw_generation_targets_showing_the_weighted_shape_more_often():
     import numpy as np
 

@@ -378,6 +378,12 @@ class QA:
     question: str
     answer: str
     qtype: str
+    reasoning: str = ""  # relation questions: both objects' 3x3 places (`grid_place`), which decide the answer
+
+    def reasoned_answer(self) -> str:
+        """The answer after its reasoning, if any: "the red circle is at the top left and the blue star is at
+        the bottom, so yes". Places decide all but about 2% of relation answers (both in one row or column)."""
+        return f"{self.reasoning}, so {self.answer}" if self.reasoning else self.answer
 
 
 def qa_pairs(scene: Scene, rng: np.random.Generator) -> list[QA]:
@@ -417,7 +423,9 @@ def qa_pairs(scene: Scene, rng: np.random.Generator) -> list[QA]:
         answer = "yes" if rng.random() < 0.5 else "no"
         asked = rel if answer == "yes" else OPPOSITE[rel]
         q = f"is the {a.color} {a.shape} {asked} the {b.color} {b.shape}?"
-        out.append(QA(q, answer, "relation"))
+        places = (f"the {a.color} {a.shape} is {grid_place(a, scene.canvas)} and "
+                  f"the {b.color} {b.shape} is {grid_place(b, scene.canvas)}")
+        out.append(QA(q, answer, "relation", places))
     return out
 
 

@@ -486,7 +486,7 @@ class Builder:
         rows, labels = [], []
         for _, qa in items:
             messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": qa.question}]},
-                        {"role": "assistant", "content": qa.answer}]
+                        {"role": "assistant", "content": data.answer_text(qa, self.qa_mix)}]
             ids, lab = data.encode_conversation(self.tokenizer, messages, self.config.tokenizer.num_tokens)
             rows.append(ids)
             labels.append(lab)

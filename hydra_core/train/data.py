@@ -123,13 +123,19 @@ def encode_conversation(tokenizer: PreTrainedTokenizerFast, messages: list[dict]
     return ids, labels
 
 
-QA_MIXES = ("questions", "types", "types_places", "places_first", "types_places_dense")
+QA_MIXES = ("questions", "types", "types_places", "places_first", "types_places_dense", "places_chain",
+            "places_chain_relations")
 DEFAULT_QA_MIX = "questions"  # the recipe every segment before segment 11 trained with
 # "types_places": "types" with a sixth, training-only question type, "where is the red circle?" answered with its
 # 3x3 place (`place_questions`); the VQA suite does not ask it, so its scores stay comparable across segments.
 # "places_first": every question conversation opens with such a place question, then 0-2 turns as "types".
 # "types_places_dense": "types_places" whose caption turns are answered with the dense caption (every object's
 # size, colour, shape and 3x3 place), so a caption names where each object is.
+# "places_chain": "places_first" whose relation questions are answered by way of both objects' places
+# (`sw.QA.reasoned_answer`: "the red circle is at the top left and the blue star is at the bottom, so yes"), so the
+# yes or no can read places the model has just written instead of gathering them before its first word.
+# "places_chain_relations": "places_chain" with the scene's relation question (if any) second in every conversation.
+CHAIN_MIXES = ("places_chain", "places_chain_relations")
 PLACE_QTYPE = "place"
 TRAINING_QTYPES = (*sw.QTYPES, PLACE_QTYPE)
 
@@ -161,6 +167,11 @@ def place_questions(scene: sw.Scene, rng: np.random.Generator) -> list[sw.QA]:
     return [sw.QA(f"where is the {obj.color} {obj.shape}?", sw.grid_place(obj, scene.canvas), PLACE_QTYPE)]
 
 
+def answer_text(qa: sw.QA, qa_mix: str) -> str:
+    """The reply a mix trains a question with: reasoned (`sw.QA.reasoned_answer`) under the chain mixes."""
+    return qa.reasoned_answer() if qa_mix in CHAIN_MIXES else qa.answer
+
+
 def understanding_conversation(pool: ScenePool, i: int, rng: np.random.Generator, kind: str,
                                qa_mix: str = DEFAULT_QA_MIX) -> list[dict]:
     """kind: "caption" (one turn) or "qa" (1-3 question turns, drawn by `pick_questions`)."""
@@ -170,14 +181,19 @@ def understanding_conversation(pool: ScenePool, i: int, rng: np.random.Generator
         turns = [(DESCRIBE[rng.integers(len(DESCRIBE))], caption)]
     else:
         qas = sw.qa_pairs(scene, rng)
-        if qa_mix == "places_first":
+        if qa_mix in ("places_first", *CHAIN_MIXES):
             picked = place_questions(scene, rng)
-            picked += pick_questions(qas, rng, "types")[: 3 - len(picked)]
+            rest = pick_questions(qas, rng, "types")
+            if qa_mix == "places_chain_relations":
+                rest = sorted(rest, key=lambda qa: qa.qtype != "relation")  # the drawn relation question first
+                if not any(qa.qtype == "relation" for qa in rest):
+                    rest = [qa for qa in qas if qa.qtype == "relation"] + rest
+            picked += rest[: 3 - len(picked)]
         else:
             if qa_mix in ("types_places", "types_places_dense"):
                 qas, qa_mix = qas + place_questions(scene, rng), "types"
             picked = pick_questions(qas, rng, qa_mix)
-        turns = [(qa.question, qa.answer) for qa in picked]
+        turns = [(qa.question, answer_text(qa, qa_mix)) for qa in picked]
     messages = []
     for j, (question, answer) in enumerate(turns):
         content = [{"type": "image"}, {"type": "text", "text": question}] if j == 0 else question
