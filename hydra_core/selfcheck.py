@@ -23,7 +23,7 @@ if TYPE_CHECKING:
 
     from .pipeline import HydraPipeline
 
-ANSWER_TOKENS = 32  # one-word answers, or a relation's reasoning (at most 25 tokens) before its one word
+ANSWER_TOKENS = 32  # one-word answers, or a relation's reasoning (at most 20 tokens) before its one word
 
 
 @dataclass(frozen=True)

@@ -167,8 +167,8 @@ def test_helpers(prompts_file, tmp_path):
         {"a": 0.0, "b": 0.5, "z": 1.0}
     assert [normalize_answer(r) for r in ("  Yes.", "TWO objects", "3", "", "red!")] == \
         ["yes", "two", "three", "", "red"]
-    reasoned = "the red circle is at the top and the blue star is at the bottom, so no"
-    assert [normalize_answer(r) for r in (reasoned, reasoned.split(", so")[0])] == ["no", "the"]
+    reasoned = "red circle at the top, blue star at the bottom, so no"
+    assert [normalize_answer(r) for r in (reasoned, reasoned.split(", so")[0])] == ["no", "red"]
     assert [m["tag"] for m in read_prompts(prompts_file, limit=1)] == ["colors"]
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"prompt": "x"}\n')

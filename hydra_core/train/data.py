@@ -132,7 +132,7 @@ DEFAULT_QA_MIX = "questions"  # the recipe every segment before segment 11 train
 # "types_places_dense": "types_places" whose caption turns are answered with the dense caption (every object's
 # size, colour, shape and 3x3 place), so a caption names where each object is.
 # "places_chain": "places_first" whose relation questions are answered by way of both objects' places
-# (`sw.QA.reasoned_answer`: "the red circle is at the top left and the blue star is at the bottom, so yes"), so the
+# (`sw.QA.reasoned_answer`: "red circle at the top left, blue star at the bottom, so yes"), so the
 # yes or no can read places the model has just written instead of gathering them before its first word.
 # "places_chain_relations": "places_chain" with the scene's relation question (if any) second in every conversation.
 CHAIN_MIXES = ("places_chain", "places_chain_relations")
