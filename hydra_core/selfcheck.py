@@ -67,8 +67,7 @@ def prompt_checks(prompt: str) -> list[Check]:
 def normalize_answer(reply: str) -> str:
     """Lowercase, strip punctuation and whitespace, keep the first word (the first after the last ", so ", where a
     reply reasons before it answers: `sw.QA.reasoned_answer`); digits become number words."""
-    reply = reply.lower()
-    words = re.findall(r"[a-z0-9]+", reply.rsplit(", so ", 1)[-1])
+    words = re.findall(r"[a-z0-9]+", reply.lower().rsplit(", so ", 1)[-1])
     word = words[0] if words else ""
     return sw.NUMBER_WORDS[int(word)] if word.isdigit() and int(word) < len(sw.NUMBER_WORDS) else word
 

@@ -184,10 +184,8 @@ def understanding_conversation(pool: ScenePool, i: int, rng: np.random.Generator
         if qa_mix in ("places_first", *CHAIN_MIXES):
             picked = place_questions(scene, rng)
             rest = pick_questions(qas, rng, "types")
-            if qa_mix == "places_chain_relations":
-                rest = sorted(rest, key=lambda qa: qa.qtype != "relation")  # the drawn relation question first
-                if not any(qa.qtype == "relation" for qa in rest):
-                    rest = [qa for qa in qas if qa.qtype == "relation"] + rest
+            if qa_mix == "places_chain_relations":  # the scene's relation question (at most one) first
+                rest = [qa for qa in qas if qa.qtype == "relation"] + [qa for qa in rest if qa.qtype != "relation"]
             picked += rest[: 3 - len(picked)]
         else:
             if qa_mix in ("types_places", "types_places_dense"):
