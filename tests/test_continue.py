@@ -91,6 +91,21 @@ def test_a_continuation_can_refine_the_decoder_alone_at_a_given_learning_rate(ti
     assert changed and all(k.startswith("vision.decoder.") for k in changed), sorted(changed)[:5]
 
 
+def test_a_continuation_can_train_the_llm_on_text_alone(tiny_checkpoint, tmp_path, small_build):
+    """--stages text: the LLM on text-only conversations (under a chain mix, relation questions asked both ways);
+    nothing outside the LLM moves."""
+    out = tmp_path / "out"
+    build.main(["--init-from", str(tiny_checkpoint), "--stages", "text", "--steps", "text=10", "--lr", "llm=6e-4",
+                "--qa-mix", "places_chain_relations", "--work", str(tmp_path / "work"), "--out", str(out),
+                "--pool-size", "24", "--eval-limit", "0"])
+
+    segment = json.loads((out / build.SEGMENTS_NAME).read_text())["segments"][-1]
+    assert list(segment["stages"]) == ["text"] and segment["stages"]["text"]["steps"] == 10
+    before, after = load_file(tiny_checkpoint / "model.safetensors"), load_file(out / "model.safetensors")
+    changed = {k for k in after if not k.startswith("viz.") and not torch.equal(before[k].half(), after[k])}
+    assert changed and all(k.startswith("llm.") for k in changed), sorted(changed)[:5]
+
+
 @pytest.mark.parametrize("flag, item, usage", [
     ("--lr", "decoder", "GROUP=RATE"), ("--lr", "decoder=fast", "GROUP=RATE"), ("--lr", "decoder=0", "GROUP=RATE"),
     ("--lr", "encoder=1e-3", "GROUP=RATE"), ("--gen-shape-weight", "hexagon=2", "SHAPE=W"),

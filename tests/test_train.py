@@ -203,6 +203,7 @@ def test_chain_mixes_answer_relations_by_way_of_both_places_which_decide_the_ans
 
     from hydra_core.data import shapesworld as sw
     from hydra_core.selfcheck import normalize_answer
+    from hydra_core.text import train_bpe
     from hydra_core.train import data
 
     rows = {p: r for r, row in enumerate(sw._GRID_PLACES) for p in row}
@@ -242,6 +243,36 @@ def test_chain_mixes_answer_relations_by_way_of_both_places_which_decide_the_ans
             assert 0 < sum(reasoned) < sum(has_relation)
         else:
             assert reasoned == has_relation
+    # the relation question opens some conversations, as the suites and the app ask it, and follows the place
+    # question in others
+    rng = np.random.default_rng(5)
+    openers = [data.understanding_conversation(pool, i, rng, "qa", "places_chain_relations")[0]["content"][1]["text"]
+               for i in range(40) if has_relation[i]]
+    first = sum(q.startswith("is the ") for q in openers)
+    assert 0.25 * len(openers) < first < 0.75 * len(openers)
+    # text-only conversations under a chain mix: the dense caption names the places the reply compares
+    tokenizer = train_bpe(sw.text_corpus(np.random.default_rng(0), 200), vocab_size=256)
+    for mix in ("places_first", "places_chain_relations"):
+        batch = data.text_batch(tokenizer, pool, np.random.default_rng(6), 24, mix)
+        texts = [tokenizer.decode(row) for row in batch["input_ids"]]
+        chained = [t for t in texts if ", so " in t]
+        if mix == "places_first":
+            assert not chained
+            continue
+        assert len(chained) > 8
+        asked = []
+        for text in chained:
+            prompt, reply = re.search(r"user\n(.*)<\|im_end\|>\n<\|im_start\|>assistant\n(.*?)<\|im_end\|>", text).groups()
+            place_a, place_b, answer = re.fullmatch(r"\w+ \w+ (.+), \w+ \w+ (.+), so (yes|no)", reply).groups()
+            assert place_a in prompt and place_b in prompt and " on a " in prompt  # the dense caption's background
+            caption, question = prompt.rsplit(". ", 1)
+            relation = re.search(r" (left of|right of|above|below) the ", question).group(1)
+            asked.append((caption, question.replace(relation, "R"), sw.RELATIONS.index(relation) // 2, answer))
+        # each relation question beside itself asked the other way round, answered the other way
+        pairs = {}
+        for caption, question, axis, answer in asked:
+            pairs.setdefault((caption, question, axis), set()).add(answer)
+        assert len(pairs) <= len(asked) // 2 + 1 and all(len(a) == 2 for a in list(pairs.values())[:-1])
 
 
 def test_shape_weights_draw_generation_targets_showing_the_weighted_shape_more_often():

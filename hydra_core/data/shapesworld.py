@@ -387,6 +387,12 @@ class QA:
         ...) had taught to be followed by " the": replies opening with "the" derailed into "t the top right"."""
         return f"{self.reasoning}, so {self.answer}" if self.reasoning else self.answer
 
+    def flipped(self) -> "QA":
+        """A relation question asked the other way round ("left of" <-> "right of", ...), with the other answer."""
+        (asked,) = [r for r in RELATIONS if f" {r} the " in self.question]
+        return QA(self.question.replace(f" {asked} the ", f" {OPPOSITE[asked]} the "),
+                  "no" if self.answer == "yes" else "yes", self.qtype, self.reasoning)
+
 
 def qa_pairs(scene: Scene, rng: np.random.Generator) -> list[QA]:
     """Question/answer pairs with one-word answers; only unambiguous questions."""

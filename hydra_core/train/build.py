@@ -17,7 +17,8 @@ folder's training.json and model card):
     python -m hydra_core.train --init-from assets/hydra-tiny --stages umm3 --steps umm3=3000 \
         --seed 1 --work runs/tiny-2 --out assets/hydra-tiny
 
-(`--stages tok2` refines the pixel decoder of a built checkpoint; `--lr decoder=1e-3` sets a group's rate.)
+(`--stages tok2` refines the pixel decoder of a built checkpoint, `--stages text` trains its LLM on text alone;
+`--lr decoder=1e-3` sets a group's rate.)
 """
 
 from __future__ import annotations
@@ -58,7 +59,7 @@ STEPS = {"teacher": 1500, "text": 200, "tok1": 1000, "tok2": 200, "umm1": 150, "
 BUILD_ORDER = ("teacher", "text", "tok1", "tok2", "latents", "umm1", "umm2", "umm3")
 # What a built checkpoint can be continued with: the decoder's refinement (it needs no teacher, and the
 # latent space it decodes stays as it is) and the unified stages.
-CONTINUABLE = ("tok2", "umm1", "umm2", "umm3")
+CONTINUABLE = ("text", "tok2", "umm1", "umm2", "umm3")
 BATCH = {"teacher": 32, "text": 64, "tok": 32, "umm": 32}
 DEFAULT_BATCH = dict(BATCH)  # what a segment that recorded no batch sizes trained with (--batch overrides BATCH)
 PHOTO_FRACTION = 0.3
@@ -250,7 +251,7 @@ class Builder:
 
         def step_fn(step):
             rng = data.step_rng(self.seed, step)
-            b = self._share(data.text_batch(self.tokenizer, self.pool, rng, BATCH["text"]))
+            b = self._share(data.text_batch(self.tokenizer, self.pool, rng, BATCH["text"], self.qa_mix))
             loss = self.model.ntp_loss(b["input_ids"], b["attention_mask"], b["labels"], None)
             return {"loss": loss}
 
@@ -445,7 +446,7 @@ class Builder:
                 ntp_terms.append((len(b["index"]), model.ntp_loss(b["input_ids"], b["attention_mask"], b["labels"],
                                                         latents[b["index"]])))
             if n_text:
-                b = self._share(data.text_batch(self.tokenizer, self.pool, rng, n_text))
+                b = self._share(data.text_batch(self.tokenizer, self.pool, rng, n_text, self.qa_mix))
                 ntp_terms.append((len(b["input_ids"]), model.ntp_loss(b["input_ids"], b["attention_mask"], b["labels"], None)))
             if ntp_terms:
                 ntp = sum(n * loss for n, loss in ntp_terms) / sum(n for n, _ in ntp_terms)
@@ -647,8 +648,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--init-from", type=Path, default=None, metavar="DIR",
                         help="continue this checkpoint folder instead of building from nothing (runs --stages)")
     parser.add_argument("--stages", nargs="+", default=["umm3"], choices=CONTINUABLE,
-                        help="with --init-from: the stages to run again, in order (tok2: the pixel decoder alone, "
-                             "the encoder and its latents unchanged; umm*: the unified stages)")
+                        help="with --init-from: the stages to run again, in order (text: the LLM on text-only "
+                             "conversations; tok2: the pixel decoder alone, the encoder and its latents unchanged; "
+                             "umm*: the unified stages)")
     parser.add_argument("--lr", nargs="*", default=[], metavar="GROUP=RATE",
                         help=f"override a parameter group's learning rate in every stage that trains it, GROUP in "
                              f"{sorted(GROUPS)}")
