@@ -57,8 +57,8 @@ from .stages import GROUPS, STAGES, configure_stage, trains
 # Steps per stage at --scale 1.
 STEPS = {"teacher": 1500, "text": 200, "tok1": 1000, "tok2": 200, "umm1": 150, "umm2": 2200, "umm3": 1000}
 BUILD_ORDER = ("teacher", "text", "tok1", "tok2", "latents", "umm1", "umm2", "umm3")
-# What a built checkpoint can be continued with: the decoder's refinement (it needs no teacher, and the
-# latent space it decodes stays as it is) and the unified stages.
+# What a built checkpoint can be continued with: the LLM on text alone, the decoder's refinement (it needs no
+# teacher, and the latent space it decodes stays as it is) and the unified stages.
 CONTINUABLE = ("text", "tok2", "umm1", "umm2", "umm3")
 BATCH = {"teacher": 32, "text": 64, "tok": 32, "umm": 32}
 DEFAULT_BATCH = dict(BATCH)  # what a segment that recorded no batch sizes trained with (--batch overrides BATCH)

@@ -229,9 +229,10 @@ def text_batch(tokenizer, pool: ScenePool, rng, batch: int, qa_mix: str = DEFAUL
     mixes: the dense caption (which names every object's place) and the scene's relation question, answered by
     way of both places, and beside it the same question asked the other way round (any question where the
     scene has no relation), so the LLM learns to copy places and compare them where that is cheap. The yes or
-    no depends on the relation word and both places jointly, none of them alone: text conversations with one
-    relation question each stayed at chance for 700 steps of 64; asked both ways side by side, the relation
-    word's effect is plain, and text alone got off chance in about 600 steps of 16 such pairs."""
+    no depends on the relation word and both places jointly, none of them alone: with one relation question per
+    conversation it stayed at chance for 700 steps of 64 (peak rate 3e-4); asked both ways side by side, where
+    only the relation word differs, 500 more at 3e-4 were not enough, and at 6e-4 it turned near step 275
+    (held-out text pairs 0.51 -> 0.99)."""
     rows, labels = [], []
     for i in rng.integers(0, len(pool.scenes), batch):
         if len(rows) >= batch:
