@@ -223,6 +223,14 @@ def test_chain_mixes_answer_relations_by_way_of_both_places_which_decide_the_ans
             assert answer == qa.answer == normalize_answer(reply)
             (a,) = [o for o in scene.objects if f"{o.color} {o.shape}" == a_name]  # both are one of a kind
             (b,) = [o for o in scene.objects if f"{o.color} {o.shape}" == b_name]
+            # compared: the relation that holds on the asked axis, the same words whichever way it is asked
+            compared = qa.reasoned_answer(compared=True)
+            assert compared == qa.flipped().reasoned_answer(compared=True).replace(", so " + qa.flipped().answer,
+                                                                                     ", so " + qa.answer)
+            stated, final = re.fullmatch(re.escape(reply.rsplit(", so ", 1)[0]) + r", it is (.+), so (yes|no)",
+                                         compared).groups()
+            assert stated in sw.object_relations(a, b, scene.canvas) and stated in (relation, sw.OPPOSITE[relation])
+            assert final == answer == ("yes" if stated == relation else "no") == normalize_answer(compared)
             assert (place_a, place_b) == (sw.grid_place(a, scene.canvas), sw.grid_place(b, scene.canvas))
             axis = cols if relation in ("left of", "right of") else rows
             if axis[place_a] != axis[place_b]:  # the places alone decide the answer
@@ -233,7 +241,7 @@ def test_chain_mixes_answer_relations_by_way_of_both_places_which_decide_the_ans
     assert asked > 250 and decided > 0.95 * asked
     pool = data.make_pool(40, 0)
     has_relation = [bool(sw._crisp_pairs(scene)) for scene in pool.scenes]
-    for mix in ("places_first", "places_chain", "places_chain_relations"):
+    for mix in ("places_first", "places_chain", "places_chain_relations", "places_chain_compared"):
         rng = np.random.default_rng(4)
         reasoned = [any(", so " in m["content"] for m in data.understanding_conversation(pool, i, rng, "qa", mix)
                         if m["role"] == "assistant") for i in range(40)]
@@ -252,7 +260,7 @@ def test_chain_mixes_answer_relations_by_way_of_both_places_which_decide_the_ans
     assert 0.25 * len(openers) < first < 0.75 * len(openers)
     # text-only conversations under a chain mix: the dense caption names the places the reply compares
     tokenizer = train_bpe(sw.text_corpus(np.random.default_rng(0), 200), vocab_size=256)
-    for mix in ("places_first", "places_chain_relations"):
+    for mix in ("places_first", "places_chain_relations", "places_chain_compared"):
         batch = data.text_batch(tokenizer, pool, np.random.default_rng(6), 24, mix)
         texts = [tokenizer.decode(row) for row in batch["input_ids"]]
         chained = [t for t in texts if ", so " in t]
@@ -263,15 +271,17 @@ def test_chain_mixes_answer_relations_by_way_of_both_places_which_decide_the_ans
         asked = []
         for text in chained:
             prompt, reply = re.search(r"user\n(.*)<\|im_end\|>\n<\|im_start\|>assistant\n(.*?)<\|im_end\|>", text).groups()
-            place_a, place_b, answer = re.fullmatch(r"\w+ \w+ (.+), \w+ \w+ (.+), so (yes|no)", reply).groups()
+            place_a, place_b, stated, answer = re.fullmatch(r"\w+ \w+ (.+?), \w+ \w+ (.+?)(, it is .+)?, so (yes|no)",
+                                                            reply).groups()
+            assert (stated is not None) is (mix == "places_chain_compared")
             assert place_a in prompt and place_b in prompt and " on a " in prompt  # the dense caption's background
             caption, question = prompt.rsplit(". ", 1)
             relation = re.search(r" (left of|right of|above|below) the ", question).group(1)
-            asked.append((caption, question.replace(relation, "R"), sw.RELATIONS.index(relation) // 2, answer))
+            asked.append((caption, question.replace(relation, "R"), sw.RELATIONS.index(relation) // 2, stated, answer))
         # each relation question beside itself asked the other way round, answered the other way
         pairs = {}
-        for caption, question, axis, answer in asked:
-            pairs.setdefault((caption, question, axis), set()).add(answer)
+        for caption, question, axis, stated, answer in asked:
+            pairs.setdefault((caption, question, axis, stated), set()).add(answer)
         assert len(pairs) <= len(asked) // 2 + 1 and all(len(a) == 2 for a in list(pairs.values())[:-1])
 
 

@@ -379,19 +379,26 @@ class QA:
     answer: str
     qtype: str
     reasoning: str = ""  # relation questions: both objects' 3x3 places (`grid_place`), which decide the answer
+    holds: str = ""  # relation questions: the relation on the asked axis that holds ("above" when asked "below?")
 
-    def reasoned_answer(self) -> str:
+    def reasoned_answer(self, compared: bool = False) -> str:
         """The answer after its reasoning, if any: "red circle at the top left, blue star at the bottom, so yes".
         Places decide all but about 2% of relation answers (both in one row or column). The reasoning opens with
         a colour, a one-token word, not with "the", whose first token ("t") the place answers ("a", "t", " the",
-        ...) had taught to be followed by " the": replies opening with "the" derailed into "t the top right"."""
-        return f"{self.reasoning}, so {self.answer}" if self.reasoning else self.answer
+        ...) had taught to be followed by " the": replies opening with "the" derailed into "t the top right".
+        With ``compared``, the relation that holds on the asked axis comes between places and answer ("..., blue
+        star at the bottom, it is above, so yes"): it depends on the two places and the axis alone (either way of
+        asking gives the same words), and the yes or no then only on whether it is the asked relation."""
+        if not self.reasoning:
+            return self.answer
+        stated = f", it is {self.holds}" if compared and self.holds else ""
+        return f"{self.reasoning}{stated}, so {self.answer}"
 
     def flipped(self) -> "QA":
         """A relation question asked the other way round ("left of" <-> "right of", ...), with the other answer."""
         (asked,) = [r for r in RELATIONS if f" {r} the " in self.question]
         return QA(self.question.replace(f" {asked} the ", f" {OPPOSITE[asked]} the "),
-                  "no" if self.answer == "yes" else "yes", self.qtype, self.reasoning)
+                  "no" if self.answer == "yes" else "yes", self.qtype, self.reasoning, self.holds)
 
 
 def qa_pairs(scene: Scene, rng: np.random.Generator) -> list[QA]:
@@ -432,7 +439,7 @@ def qa_pairs(scene: Scene, rng: np.random.Generator) -> list[QA]:
         asked = rel if answer == "yes" else OPPOSITE[rel]
         q = f"is the {a.color} {a.shape} {asked} the {b.color} {b.shape}?"
         places = f"{a.color} {a.shape} {grid_place(a, scene.canvas)}, {b.color} {b.shape} {grid_place(b, scene.canvas)}"
-        out.append(QA(q, answer, "relation", places))
+        out.append(QA(q, answer, "relation", places, rel))
     return out
 
 

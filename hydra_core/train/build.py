@@ -689,7 +689,9 @@ def main(argv: list[str] | None = None) -> None:
                              "'types' (uniformly among question types, the VQA suite's shares) or 'types_places' ('types' "
                              "with a sixth, training-only type: \"where is the red circle?\" answered with its 3x3 place), "
                              "'places_first' (every conversation opens with such a place question) or "
-                             "'types_places_dense' ('types_places' with captions naming each object's place)")
+                             "'types_places_dense' ('types_places' with captions naming each object's place); "
+                             "'places_chain', 'places_chain_relations' and 'places_chain_compared' answer relation "
+                             "questions by way of both objects' places (hydra_core/train/data.py)")
     parser.add_argument("--gen-shape-weight", nargs="*", default=[], metavar="SHAPE=W",
                         help="the unified stages draw generation targets showing SHAPE W times as often (a scene "
                              f"weighs its largest shape's W, others 1), SHAPE in {list(sw.SHAPES)}; e.g. circle=3")

@@ -124,7 +124,7 @@ def encode_conversation(tokenizer: PreTrainedTokenizerFast, messages: list[dict]
 
 
 QA_MIXES = ("questions", "types", "types_places", "places_first", "types_places_dense", "places_chain",
-            "places_chain_relations")
+            "places_chain_relations", "places_chain_compared")
 DEFAULT_QA_MIX = "questions"  # the recipe every segment before segment 11 trained with
 # "types_places": "types" with a sixth, training-only question type, "where is the red circle?" answered with its
 # 3x3 place (`place_questions`); the VQA suite does not ask it, so its scores stay comparable across segments.
@@ -137,7 +137,10 @@ DEFAULT_QA_MIX = "questions"  # the recipe every segment before segment 11 train
 # "places_chain_relations": "places_chain" with the scene's relation question (if any) in every conversation, first
 # or second (until 2026-12-07 always second, after the place question: the model learnt the reasoned reply there
 # but not as a conversation's first question, where the suites ask it).
-CHAIN_MIXES = ("places_chain", "places_chain_relations")
+# "places_chain_compared": "places_chain_relations" whose reasoned replies also state the relation that holds on the
+# asked axis before the yes or no (`sw.QA.reasoned_answer(compared=True)`: "..., it is above, so yes").
+CHAIN_MIXES = ("places_chain", "places_chain_relations", "places_chain_compared")
+RELATION_MIXES = ("places_chain_relations", "places_chain_compared")
 PLACE_QTYPE = "place"
 TRAINING_QTYPES = (*sw.QTYPES, PLACE_QTYPE)
 
@@ -171,7 +174,7 @@ def place_questions(scene: sw.Scene, rng: np.random.Generator) -> list[sw.QA]:
 
 def answer_text(qa: sw.QA, qa_mix: str) -> str:
     """The reply a mix trains a question with: reasoned (`sw.QA.reasoned_answer`) under the chain mixes."""
-    return qa.reasoned_answer() if qa_mix in CHAIN_MIXES else qa.answer
+    return qa.reasoned_answer(qa_mix == "places_chain_compared") if qa_mix in CHAIN_MIXES else qa.answer
 
 
 def understanding_conversation(pool: ScenePool, i: int, rng: np.random.Generator, kind: str,
@@ -187,7 +190,7 @@ def understanding_conversation(pool: ScenePool, i: int, rng: np.random.Generator
             picked = place_questions(scene, rng)
             rest = pick_questions(qas, rng, "types")
             relation = [qa for qa in qas if qa.qtype == "relation"]  # at most one
-            if qa_mix == "places_chain_relations" and relation:
+            if qa_mix in RELATION_MIXES and relation:
                 rest = [qa for qa in rest if qa.qtype != "relation"]
                 # the question asked first as often as second: the suites and the app ask it first
                 picked = relation + picked if rng.random() < 0.5 else picked + relation
